@@ -1,0 +1,145 @@
+"""RecursiveLink modules (SPEC section 2).
+
+Parameter names match the public release so its state dicts load unchanged:
+inner ``proj1, proj2, pre_ln, post_ln``; outer ``proj1, proj2, ln_source, ln_target, residual_proj``.
+``kind`` picks the variant: ``ln_res`` (release default), ``res`` (the paper's equations, no
+LayerNorm) or ``linear`` (a single projection, for ablations).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LINK_KINDS = ("ln_res", "res", "linear")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in LINK_KINDS:
+        raise ValueError(f"unknown link kind {kind!r}; choose one of {', '.join(LINK_KINDS)}")
+
+
+class InnerLink(nn.Module):
+    """``R_in``: maps an agent's last-layer hidden state back into its own input-embedding space (d -> d)."""
+
+    def __init__(self, hidden_size: int, kind: str = "ln_res") -> None:
+        super().__init__()
+        _check_kind(kind)
+        self.hidden_size, self.kind = hidden_size, kind
+        self.proj1 = nn.Linear(hidden_size, hidden_size)
+        if kind != "linear":
+            self.proj2 = nn.Linear(hidden_size, hidden_size)
+        if kind == "ln_res":
+            self.pre_ln = nn.LayerNorm(hidden_size)
+            self.post_ln = nn.LayerNorm(hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.proj1.weight.dtype)
+        if self.kind == "linear":
+            return self.proj1(x)
+        u = self.pre_ln(x) if self.kind == "ln_res" else x
+        y = x + self.proj2(F.gelu(self.proj1(u)))  # residual on the raw input, as released
+        return self.post_ln(y) if self.kind == "ln_res" else y
+
+    @staticmethod
+    def num_params_formula(d: int, kind: str = "ln_res") -> int:
+        return {"ln_res": 2 * d * d + 6 * d, "res": 2 * d * d + 2 * d, "linear": d * d + d}[kind]
+
+
+class OuterLink(nn.Module):
+    """``R_out``: maps agent i's latents (width a) into agent j's input-embedding space (width b)."""
+
+    def __init__(self, in_dim: int, out_dim: int, kind: str = "ln_res") -> None:
+        super().__init__()
+        _check_kind(kind)
+        self.in_dim, self.out_dim, self.kind = in_dim, out_dim, kind
+        self.residual_proj = nn.Linear(in_dim, out_dim)
+        if kind != "linear":
+            self.proj1 = nn.Linear(in_dim, 2 * out_dim)
+            self.proj2 = nn.Linear(2 * out_dim, out_dim)
+        if kind == "ln_res":
+            self.ln_source = nn.LayerNorm(in_dim)
+            self.ln_target = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.residual_proj.weight.dtype)
+        if self.kind == "linear":
+            return self.residual_proj(x)
+        u = self.ln_source(x) if self.kind == "ln_res" else x
+        y = self.proj2(F.gelu(self.proj1(u))) + self.residual_proj(x)
+        return self.ln_target(y) if self.kind == "ln_res" else y
+
+    @staticmethod
+    def num_params_formula(a: int, b: int, kind: str = "ln_res") -> int:
+        return {
+            "ln_res": 3 * a * b + 2 * b * b + 2 * a + 6 * b,
+            "res": 3 * a * b + 2 * b * b + 4 * b,
+            "linear": a * b + b,
+        }[kind]
+
+    @torch.no_grad()
+    def ridge_init_(self, source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> "OuterLink":
+        """Least-squares fit of ``residual_proj`` from paired (source hidden, target embedding) rows.
+
+        Randomly initialised outer links start far from useful; this gives the residual path a
+        sensible map before training (SPEC section 7). The MLP branch is zeroed so the link starts
+        as the fitted affine map (before ``ln_target``).
+        """
+        source = source.reshape(-1, self.in_dim).double()
+        target = target.reshape(-1, self.out_dim).double()
+        if source.shape[0] != target.shape[0]:
+            raise ValueError(f"ridge init needs paired rows: got {source.shape[0]} sources, {target.shape[0]} targets")
+        mu_s, mu_t = source.mean(0), target.mean(0)
+        s, t = source - mu_s, target - mu_t
+        gram = s.T @ s + lam * s.shape[0] * torch.eye(self.in_dim, dtype=s.dtype)
+        w = torch.linalg.solve(gram, s.T @ t)  # [a, b]
+        self.residual_proj.weight.copy_(w.T.to(self.residual_proj.weight.dtype))
+        self.residual_proj.bias.copy_((mu_t - mu_s @ w).to(self.residual_proj.bias.dtype))
+        if self.kind != "linear":
+            self.proj2.weight.zero_()
+            self.proj2.bias.zero_()
+        return self
+
+
+class LatentMASLink(nn.Module):
+    """Training-free map for one model (LatentMAS, SPEC section 8).
+
+    ``h -> h @ W_a`` with ``W_a = (W_out^T W_out + lam I)^-1 W_out^T W_in``, rescaled so outputs have
+    the mean input-embedding norm. Usable wherever an ``InnerLink`` is expected.
+    """
+
+    def __init__(self, w_a: torch.Tensor, target_norm: float) -> None:
+        super().__init__()
+        self.register_buffer("w_a", w_a)
+        self.target_norm = float(target_norm)
+        self.hidden_size = w_a.shape[0]
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(cls, model: nn.Module, lam: float = 1e-5) -> "LatentMASLink":
+        w_in = model.get_input_embeddings().weight.detach().double()  # [V, d]
+        w_out = model.get_output_embeddings().weight.detach().double()  # [V, d]
+        d = w_out.shape[1]
+        w_a = torch.linalg.solve(w_out.T @ w_out + lam * torch.eye(d, dtype=w_out.dtype), w_out.T @ w_in)
+        return cls(w_a.float(), w_in.norm(dim=-1).mean().item())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(self.w_a.dtype) @ self.w_a
+        return y * (self.target_norm / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+def load_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a link checkpoint from the public release (``.pt``) without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"link checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "adapter"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a link state dict (expected a mapping of parameter names to tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
