@@ -1,0 +1,116 @@
+"""An agent: a frozen Hugging Face causal LM with its own tokenizer, chat template, role prompt, device and dtype."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from recursivemas.config import AgentConfig, ConfigError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# A role prompt is split at slot markers and at the question placeholder.
+_SPLIT_RE = re.compile(r"(<<[A-Za-z][A-Za-z0-9_]*>>|\{question\})")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where an incoming edge's latents (or text, in text mode) go in a rendered prompt."""
+
+    name: str
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") > 1  # hub ids are "name" or "org/name"
+
+
+def load_model_and_tokenizer(config: AgentConfig, model_path: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load a frozen causal LM and its tokenizer from a local directory or a hub id."""
+    if not Path(model_path).is_dir() and _looks_local(model_path):
+        raise ConfigError(f"model path {model_path!r} does not exist; point 'model' at a local model directory or a hub id like 'org/name'")
+    kwargs = dict(trust_remote_code=config.trust_remote_code, revision=config.revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[config.dtype], **kwargs)
+    except OSError as err:
+        raise ConfigError(f"could not load model {model_path!r}: {err}. Is the path right, or the hub reachable?") from err
+    model.to(config.device).eval().requires_grad_(False)
+    return model, tokenizer
+
+
+class Agent:
+    """One role in a system. Built by ``System`` so that each model is loaded once per system."""
+
+    def __init__(self, name: str, config: AgentConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.name, self.config, self.model, self.tokenizer = name, config, model, tokenizer
+        self.device = torch.device(config.device)
+        self.dtype = _DTYPES[config.dtype]
+        self.hidden_size: int = model.get_input_embeddings().weight.shape[1]
+        self.embedding = model.get_input_embeddings()
+        self.eos_token_ids = self._eos_ids()
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
+        self.template = self._split(self.render(config.prompt))
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids |= set(gen_eos) if isinstance(gen_eos, list) else ({gen_eos} if gen_eos is not None else set())
+        if not ids:
+            raise ConfigError(f"agent {self.name!r}: its tokenizer and generation config name no end-of-sequence token")
+        return ids
+
+    def render(self, user: str) -> str:
+        """The full chat prompt up to the start of the assistant turn, in this agent's own template."""
+        system = self.config.system_prompt
+        template = self.config.chat_template or self.tokenizer.chat_template
+        if template is None:  # plain fallback for base models without a chat template
+            bos = self.tokenizer.bos_token or ""
+            return f"{bos}{system + chr(10) + chr(10) if system else ''}{user}\n"
+        messages = [{"role": "user", "content": user}]
+        try:
+            with_system = [{"role": "system", "content": system}] + messages if system else messages
+            return self.tokenizer.apply_chat_template(with_system, chat_template=template, add_generation_prompt=True, tokenize=False)
+        except Exception:  # some templates (e.g. Gemma's) reject a system turn: fold it into the user turn
+            merged = [{"role": "user", "content": f"{system}\n\n{user}" if system else user}]
+            return self.tokenizer.apply_chat_template(merged, chat_template=template, add_generation_prompt=True, tokenize=False)
+
+    @staticmethod
+    def _split(rendered: str) -> list[str | Slot | None]:
+        """Split at markers: text pieces stay strings, slots become ``Slot``, the question becomes ``None``."""
+        parts: list[str | Slot | None] = []
+        for piece in _SPLIT_RE.split(rendered):
+            if piece == "{question}":
+                parts.append(None)
+            elif piece.startswith("<<") and piece.endswith(">>"):
+                parts.append(Slot(piece[2:-2]))
+            elif piece:
+                parts.append(piece)
+        return parts
+
+    def segments(self, question: str) -> list[str | Slot]:
+        """This agent's prompt for ``question``: text runs (question filled in) and slots, in order."""
+        out: list[str | Slot] = []
+        for part in self.template:
+            text = question if part is None else part
+            if isinstance(text, str) and out and isinstance(out[-1], str):
+                out[-1] += text
+            else:
+                out.append(text)
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """``[len(ids), hidden]`` input embeddings from this agent's own table."""
+        return self.embedding(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r}, {type(self.model).__name__}, hidden={self.hidden_size}, {self.config.dtype}, {self.config.device})"

@@ -1,0 +1,124 @@
+"""Text decoding from input embeddings with one KV cache per call, counting every forward call and position.
+
+A ``DecodeSession`` owns the cache of one batch: prefill it with embeddings, sample tokens, feed extra
+text (tool results) and keep sampling. ``generate`` is the common case in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from recursivemas.rollout import positions_from_mask
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy when ``temperature == 0``, else nucleus sampling. ``logits`` is ``[batch, vocab]``."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@dataclass
+class DecodeSession:
+    """Incremental decoding state for one batch on one model."""
+
+    model: nn.Module
+    eos_token_ids: set[int]
+    pad_token_id: int
+    forward_calls: int = 0
+    positions: list[int] = field(default_factory=list)  # input positions processed, per row
+    _cache: DynamicCache | None = None
+    _mask: torch.Tensor | None = None
+    _pos: torch.Tensor | None = None
+    _logits: torch.Tensor | None = None
+
+    def _forward(self, mask_new: torch.Tensor, counted: list[int] | None = None, **inputs) -> None:
+        self._mask = mask_new if self._mask is None else torch.cat([self._mask, mask_new], dim=1)
+        if self._pos is None:
+            self._pos = positions_from_mask(self._mask)
+        else:
+            self._pos = self._pos[:, -1:] + mask_new.long().cumsum(-1)
+        out = self.model(
+            **inputs,
+            attention_mask=self._mask,
+            position_ids=self._pos[:, -mask_new.shape[1] :],
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._logits = out.logits[:, -1]
+        self.forward_calls += 1
+        counts = mask_new.long().sum(-1).tolist() if counted is None else counted
+        self.positions = counts if not self.positions else [a + b for a, b in zip(self.positions, counts)]
+
+    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self._cache = DynamicCache(config=self.model.config)
+        self._forward(attention_mask.long(), inputs_embeds=inputs_embeds)
+
+    def feed(self, ids: list[int]) -> None:
+        """Append tokens to a batch of one (tool results) without sampling."""
+        device = self._mask.device
+        self._forward(torch.ones(1, len(ids), dtype=torch.long, device=device), input_ids=torch.tensor([ids], device=device))
+
+    def sample(
+        self,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        stop=None,
+    ) -> list[list[int]]:
+        """Sample up to ``max_new_tokens`` per row, stopping rows at an end-of-sequence token.
+
+        ``stop(row_ids) -> bool`` may end a row early (used for tool-call closing tags). Returned ids
+        include a final end-of-sequence token when one was produced.
+        """
+        batch = self._logits.shape[0]
+        device = self._logits.device
+        eos = torch.tensor(sorted(self.eos_token_ids), device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        out: list[list[int]] = [[] for _ in range(batch)]
+        for step in range(max_new_tokens):
+            token = sample_next(self._logits, temperature, top_p, generator)
+            token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
+            for row, t in enumerate(token.tolist()):
+                if not done[row]:
+                    out[row].append(t)
+            done |= torch.isin(token, eos)
+            if stop is not None:
+                done |= torch.tensor([bool(out[r]) and stop(out[r]) for r in range(batch)], device=device)
+            if bool(done.all()) or step + 1 == max_new_tokens:
+                break
+            # finished rows keep feeding pads (batch shapes stay fixed) but are not counted as work
+            ones = torch.ones(batch, 1, dtype=torch.long, device=device)
+            self._forward(ones, counted=(~done).long().tolist(), input_ids=token.unsqueeze(1))
+        return out
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    eos_token_ids: set[int],
+    pad_token_id: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[list[list[int]], DecodeSession]:
+    """Decode a left-padded batch from embeddings; returns the new token ids per row and the session's counts."""
+    session = DecodeSession(model, eos_token_ids, pad_token_id)
+    session.prefill(inputs_embeds, attention_mask)
+    return session.sample(max_new_tokens, temperature, top_p, generator), session

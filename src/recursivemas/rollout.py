@@ -1,0 +1,96 @@
+"""Latent rollout inside one agent (SPEC section 3), with the KV cache.
+
+The prompt is encoded once; every latent step then feeds one position (``R_in(h)``) through the
+decoder stack. The LM head is never computed: we call the model's decoder (``model.base_model``),
+whose ``last_hidden_state`` is the LM-head input (after the final norm) for every family we support.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+Link = Callable[[torch.Tensor], torch.Tensor]
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The LM-head-free decoder stack of a Hugging Face causal LM (``LlamaModel``, ``GPT2Model``, ...)."""
+    return model.base_model
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: real tokens count from 0, pads are clamped to 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def _last_hidden(decoder: nn.Module, embeds, mask, positions, cache) -> torch.Tensor:
+    out = decoder(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
+    )
+    return out.last_hidden_state[:, -1]
+
+
+def latent_rollout(
+    model: nn.Module,
+    inner_link: Link,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    steps: int = 16,
+) -> torch.Tensor:
+    """Run ``steps`` latent thoughts with the KV cache; return ``R_in(H)`` as ``[batch, steps, hidden]``.
+
+    ``inputs_embeds`` is ``[batch, t, hidden]`` in the model's dtype, left-padded when ``attention_mask``
+    marks pads with 0. The result is in the link's dtype (float32 for our links). Differentiable: wrap in
+    ``torch.no_grad()`` for inference. Costs ``steps`` forward calls: one over the prompt, then one position each.
+    """
+    batch, length, _ = inputs_embeds.shape
+    if steps < 0:
+        raise ValueError(f"latent steps must be >= 0, got {steps}")
+    if steps == 0:
+        return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32)
+    device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
+    positions = positions_from_mask(mask)
+    decoder = decoder_of(model)
+    cache = DynamicCache(config=model.config)
+    one = torch.ones(batch, 1, dtype=torch.long, device=device)
+
+    h = _last_hidden(decoder, inputs_embeds, mask, positions, cache)
+    thoughts = []
+    for step in range(steps):
+        thought = inner_link(h)
+        thoughts.append(thought)
+        if step + 1 == steps:  # the last thought is returned, not fed back
+            break
+        mask = torch.cat([mask, one], dim=1)
+        positions = positions[:, -1:] + 1
+        h = _last_hidden(decoder, thought.to(dtype).unsqueeze(1), mask, positions, cache)
+    return torch.stack(thoughts, dim=1)
+
+
+def reencode_rollout(
+    model: nn.Module,
+    inner_link: Link,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    steps: int = 16,
+) -> torch.Tensor:
+    """The public release's way: re-encode the whole sequence at every step, no cache.
+
+    O(steps * (t + steps)) positions. Kept as the reference the cached rollout is tested and benchmarked against.
+    """
+    batch, length, _ = inputs_embeds.shape
+    device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
+    decoder = decoder_of(model)
+    x, thoughts = inputs_embeds, []
+    for _ in range(steps):
+        h = _last_hidden(decoder, x, mask, positions_from_mask(mask), None)
+        thought = inner_link(h)
+        thoughts.append(thought)
+        x = torch.cat([x, thought.to(dtype).unsqueeze(1)], dim=1)
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long, device=device)], dim=1)
+    return torch.stack(thoughts, dim=1)

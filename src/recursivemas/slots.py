@@ -1,0 +1,46 @@
+"""Building an agent's input embeddings: its rendered prompt with what arrived at each slot spliced in (SPEC section 4).
+
+Text pieces are tokenized and embedded with the receiver's own tokenizer and embedding table; latents
+(already mapped into the receiver's space by an outer link) take ordinary positions with mask 1; text
+hand-offs (text mode) are tokenized like any other text. Rows are left-padded at the embedding level.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from recursivemas.agent import Agent, Slot
+
+# Per slot, one entry per question: a [m, hidden] latent tensor, a text hand-off, or None (nothing yet).
+SlotFill = Union[torch.Tensor, str, None]
+
+
+def row_embeddings(agent: Agent, question: str, fills: dict[str, Sequence[SlotFill]], row: int) -> torch.Tensor:
+    parts = []
+    for segment in agent.segments(question):
+        value = fills[segment.name][row] if isinstance(segment, Slot) and segment.name in fills else segment
+        if isinstance(value, Slot) or value is None or (isinstance(value, str) and not value):
+            continue  # an empty slot (round-1 feedback, single mode) vanishes from the prompt
+        if isinstance(value, str):
+            parts.append(agent.embed(agent.encode(value)))
+        else:
+            parts.append(value.to(agent.device, agent.dtype))
+    return torch.cat(parts, dim=0)
+
+
+def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[len_i, d]`` rows into ``[batch, max_len, d]`` with zeros on the left and a 0/1 mask."""
+    longest = max(r.shape[0] for r in rows)
+    embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=rows[0].device)
+    for i, r in enumerate(rows):
+        embeds[i, longest - r.shape[0] :] = r
+        mask[i, longest - r.shape[0] :] = 1
+    return embeds, mask
+
+
+def build_inputs(agent: Agent, questions: Sequence[str], fills: dict[str, Sequence[SlotFill]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``(inputs_embeds, attention_mask)`` for a batch of questions at ``agent``."""
+    return left_pad([row_embeddings(agent, q, fills, i) for i, q in enumerate(questions)])

@@ -1,0 +1,219 @@
+"""A recursive multi-agent system: agents on a graph, links on its edges, run for n rounds (SPEC section 5).
+
+Modes share everything but the hand-off: ``latent`` passes ``R_out(R_in(H))`` between agents and decodes
+text once, at the decoding agent in the last round; ``text`` decodes every hand-off to text (the paper's
+Recursive-TextMAS); ``single`` runs the decoding agent alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from recursivemas.agent import Agent, load_model_and_tokenizer
+from recursivemas.config import ConfigError, SystemConfig, dump_config, load_config
+from recursivemas.generation import generate
+from recursivemas.graph import Graph, edge_name
+from recursivemas.linkset import LinkSet
+from recursivemas.rollout import latent_rollout
+from recursivemas.slots import SlotFill, build_inputs
+from recursivemas.usage import StepUsage, Usage
+
+MODES = ("latent", "text", "single")
+CONFIG_NAME, LINKS_NAME = "system.yaml", "links.safetensors"
+
+
+@dataclass
+class RunResult:
+    """One question's answer and what it cost."""
+
+    question: str
+    text: str
+    mode: str
+    rounds: int
+    latent_steps: int
+    usage: Usage
+    handoffs: list[dict] = field(default_factory=list)  # text mode: every message passed, for inspection
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["usage"] = self.usage.to_dict()
+        return data
+
+
+class System:
+    """Build with ``System.from_config(path_or_dict)`` or ``System.from_pretrained(dir)``."""
+
+    def __init__(self, config: SystemConfig, agents: dict[str, Agent], links: LinkSet, graph: Graph) -> None:
+        self.config, self.agents, self.links, self.graph = config, agents, links, graph
+
+    # ---------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_config(cls, source: str | Path | dict, link_checkpoint: str | Path | None = None) -> "System":
+        config = load_config(source)
+        graph = Graph.from_config(config)
+        agents = _load_agents(config)
+        torch.manual_seed(config.seed)  # random links are reproducible per seed
+        links = LinkSet({n: a.hidden_size for n, a in agents.items()}, graph.edges, config.links.kind)
+        checkpoint = link_checkpoint or (config.resolve(config.links.checkpoint) if config.links.checkpoint else None)
+        if checkpoint:
+            links.load(checkpoint)
+        if config.links.release:
+            links.load_release({k: config.resolve(v) for k, v in config.links.release.items()})
+        system = cls(config, agents, links, graph)
+        system.place_links()
+        return system
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "System":
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file():
+            raise ConfigError(f"{directory} has no {CONFIG_NAME}; save one with System.save_pretrained(dir)")
+        links = directory / LINKS_NAME
+        return cls.from_config(directory / CONFIG_NAME, link_checkpoint=links if links.is_file() else None)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``system.yaml`` (model paths made absolute) and ``links.safetensors`` to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.links.save(directory / LINKS_NAME)
+        config = replace(self.config, links=replace(self.config.links, checkpoint=LINKS_NAME, release={}))
+        config.agents = {name: replace(a, model=self._portable_path(a.model)) for name, a in self.config.agents.items()}
+        dump_config(config, directory / CONFIG_NAME)
+
+    def _portable_path(self, model: str) -> str:
+        """Local model directories are saved as absolute paths so the saved system loads from anywhere."""
+        path = Path(self.config.resolve(model))
+        return str(path.resolve()) if path.is_dir() else model
+
+    def place_links(self) -> None:
+        """Inner links live on their agent's device, outer links on the receiver's."""
+        for name, link in self.links.inner.items():
+            link.to(self.agents[name].device)
+        for edge in self.graph.edges:
+            self.links.outer[edge_name(edge)].to(self.agents[edge.dst].device)
+
+    # ---------------------------------------------------------------- running
+    @torch.no_grad()
+    def run(
+        self,
+        questions: str | Sequence[str],
+        mode: str = "latent",
+        rounds: int | None = None,
+        latent_steps: int | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[RunResult]:
+        """Answer each question; returns one ``RunResult`` per question, in order."""
+        if isinstance(questions, str):
+            questions = [questions]
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        rounds = self.config.rounds if rounds is None else rounds
+        steps = self.config.latent_steps if latent_steps is None else latent_steps
+        if rounds < 1 or steps < 0:
+            raise ValueError(f"need rounds >= 1 and latent_steps >= 0; got {rounds}, {steps}")
+        batch_size = batch_size or self.config.batch_size
+        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+        results: list[RunResult] = []
+        bar = tqdm(total=len(questions), desc=f"{mode} x{rounds}", disable=not progress, unit="q")
+        for start in range(0, len(questions), batch_size):
+            batch = list(questions[start : start + batch_size])
+            results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, generator)
+            bar.update(len(batch))
+        bar.close()
+        return results
+
+    def _run_batch(self, questions: list[str], mode: str, rounds: int, steps: int, generator) -> list[RunResult]:
+        usages = [Usage() for _ in questions]
+        handoffs: list[list[dict]] = [[] for _ in questions]
+        decoder, max_answer = self.graph.decoder, self.config.generation.max_new_tokens
+        if mode == "single":  # the decoding agent alone, every slot empty
+            texts = self._decode(decoder, questions, {}, 1, "answer", max_answer, usages, generator)
+            return [RunResult(q, texts[i], mode, 1, 0, usages[i]) for i, q in enumerate(questions)]
+        feedback: dict[str, list[SlotFill]] = {}
+        for r in range(1, rounds + 1):
+            final = r == rounds
+            current: dict[str, list[SlotFill]] = {}
+            next_feedback: dict[str, list[SlotFill]] = {}
+            for agent in self.graph.order():
+                if not self.graph.active(agent, final):
+                    continue
+                fills = {
+                    e.slot: (feedback if e.feedback else current).get(edge_name(e), [None] * len(questions))
+                    for e in self.graph.incoming(agent)
+                }
+                if final and agent == decoder:
+                    texts = self._decode(agent, questions, fills, r, "answer", max_answer, usages, generator)
+                    continue
+                sends = [e for e in self.graph.outgoing(agent) if not (final and e.feedback)]
+                if mode == "latent":
+                    thoughts = self._rollout(agent, questions, fills, r, steps, usages)
+                    for e in sends:
+                        mapped = self.links.outer[edge_name(e)](thoughts.to(self.agents[e.dst].device))
+                        (next_feedback if e.feedback else current)[edge_name(e)] = list(mapped)
+                else:
+                    msgs = self._decode(agent, questions, fills, r, "text", self.config.generation.handoff_max_new_tokens, usages, generator)
+                    for i, msg in enumerate(msgs):
+                        handoffs[i].append({"round": r, "from": agent, "to": [e.dst for e in sends], "text": msg})
+                    for e in sends:
+                        (next_feedback if e.feedback else current)[edge_name(e)] = msgs
+            feedback = next_feedback
+        return [
+            RunResult(q, texts[i], mode, rounds, steps if mode == "latent" else 0, usages[i], handoffs[i]) for i, q in enumerate(questions)
+        ]
+
+    def _rollout(self, name: str, questions, fills, round_: int, steps: int, usages: list[Usage]) -> torch.Tensor:
+        agent = self.agents[name]
+        start = time.perf_counter()
+        embeds, mask = build_inputs(agent, questions, fills)
+        thoughts = latent_rollout(agent.model, self.links.inner[name], embeds, mask, steps=steps)
+        seconds = (time.perf_counter() - start) / len(questions)
+        for i, length in enumerate(mask.sum(-1).tolist()):
+            positions = length + max(steps - 1, 0)  # the prompt, then one position per fed-back thought
+            usages[i].steps.append(StepUsage(name, round_, "latent", 0, steps, steps, positions, seconds))
+        return thoughts
+
+    def _decode(self, name: str, questions, fills, round_: int, action: str, max_new: int, usages, generator) -> list[str]:
+        agent = self.agents[name]
+        gen = self.config.generation
+        start = time.perf_counter()
+        embeds, mask = build_inputs(agent, questions, fills)
+        ids, session = generate(
+            agent.model,
+            embeds,
+            mask,
+            eos_token_ids=agent.eos_token_ids,
+            pad_token_id=agent.pad_token_id,
+            max_new_tokens=max_new,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            generator=generator,
+        )
+        seconds = (time.perf_counter() - start) / len(questions)
+        for i, row in enumerate(ids):
+            usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, session.forward_calls, session.positions[i], seconds))
+        return [agent.decode(row) for row in ids]
+
+    def __repr__(self) -> str:
+        agents = ", ".join(repr(a) for a in self.agents.values())
+        return f"System({self.config.name!r}, decoder={self.graph.decoder!r}, agents=[{agents}])"
+
+
+def _load_agents(config: SystemConfig) -> dict[str, Agent]:
+    """Load each distinct (model, dtype, device) once, however many roles share it."""
+    loaded: dict[tuple, tuple] = {}
+    agents = {}
+    for name, agent_config in config.agents.items():
+        path = config.resolve(agent_config.model)
+        key = (path, agent_config.dtype, agent_config.device, agent_config.revision, agent_config.trust_remote_code)
+        if key not in loaded:
+            loaded[key] = load_model_and_tokenizer(agent_config, path)
+        agents[name] = Agent(name, agent_config, *loaded[key])
+    return agents

@@ -1,0 +1,67 @@
+"""The zoo's agents: three architecture families at different widths, two tokenizers.
+
+Heterogeneous like the paper's systems: a Llama-style model (grouped-query attention, RoPE,
+RMSNorm, SwiGLU), a Qwen2-MoE model (4 routed experts, top-2, plus a shared expert) and a
+GPT-2-style model (learned absolute positions, LayerNorm, GELU). The Llama is the largest
+(the distillation expert), the GPT-2 the smallest (the distillation learner).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+# name -> (vocab_size, chat format). "bpe384" and "bpe256" are BPE over printable ASCII trained on world text.
+TOKENIZERS: dict[str, tuple[int, str]] = {"bpe384": (384, "tags"), "bpe256": (256, "chatml")}
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    family: str  # a transformers model_type
+    tokenizer: str  # a key of TOKENIZERS
+    hidden_size: int
+    num_layers: int
+    steps: int  # pretraining optimizer steps
+    lr: float = 3e-3
+    batch_size: int = 32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, vocab_size: int, eos_id: int, pad_id: int, max_positions: int = 640) -> PretrainedConfig:
+        """The model config of this agent (tied embeddings, no dropout)."""
+        ids = dict(vocab_size=vocab_size, eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None, tie_word_embeddings=True)
+        if self.family == "gpt2":
+            kw = dict(n_embd=self.hidden_size, n_layer=self.num_layers, n_positions=max_positions,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+        else:
+            kw = dict(hidden_size=self.hidden_size, num_hidden_layers=self.num_layers, max_position_embeddings=max_positions,
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **ids)
+        kw.update(self.extra)
+        return AutoConfig.for_model(self.family, **kw)
+
+
+AGENTS: dict[str, AgentSpec] = {
+    a.name: a
+    for a in (
+        AgentSpec(
+            "llama-gqa", "llama", "bpe384", hidden_size=192, num_layers=4, steps=1400,
+            extra=dict(num_attention_heads=6, num_key_value_heads=2, head_dim=32, intermediate_size=512),
+        ),
+        AgentSpec(
+            "qwen-moe", "qwen2_moe", "bpe384", hidden_size=128, num_layers=3, steps=1000,
+            extra=dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, intermediate_size=256,
+                       num_experts=4, num_experts_per_tok=2, moe_intermediate_size=192,
+                       shared_expert_intermediate_size=192, norm_topk_prob=True, router_aux_loss_coef=0.01),
+        ),
+        AgentSpec(
+            "gpt2-small", "gpt2", "bpe256", hidden_size=96, num_layers=4, steps=1000,
+            extra=dict(n_head=4, n_inner=384),
+        ),
+    )
+}
+
+# Which zoo agent plays which role in the bundled systems.
+SEQUENTIAL = {"planner": "qwen-moe", "critic": "gpt2-small", "solver": "llama-gqa"}
+DISTILLATION = {"expert": "llama-gqa", "learner": "gpt2-small"}

@@ -1,0 +1,126 @@
+"""The procedural arithmetic world: determinism, disjoint splits, consistent role targets, strict grading."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from recursivemas.world import DOMAINS, extract_answer, generate, grade, read_jsonl, split_of, write_jsonl
+
+FIELDS = {"id", "question", "answer", "plan", "refined_plan", "solution", "expert", "domain", "steps"}
+
+
+def test_deterministic_per_seed() -> None:
+    assert generate("train", 50, seed=3) == generate("train", 50, seed=3)
+    assert generate("train", 50, seed=3) != generate("train", 50, seed=4)
+    # A prefix of a larger draw is the smaller draw.
+    assert generate("validation", 100, seed=1)[:20] == generate("validation", 20, seed=1)
+
+
+def test_splits_disjoint_by_question_text() -> None:
+    texts = {s: {r["question"] for r in generate(s, n, seed=0)} for s, n in
+             (("train", 4000), ("validation", 800), ("test", 800))}
+    # Other seeds draw from the same split's pool, never another split's.
+    texts["test"] |= {r["question"] for r in generate("test", 400, seed=7, steps=(2, 3))}
+    assert not texts["train"] & texts["validation"]
+    assert not texts["train"] & texts["test"]
+    assert not texts["validation"] & texts["test"]
+    for split in ("train", "validation", "test"):
+        for r in generate(split, 200, seed=5):
+            assert split_of(r["domain"], r["start"], [tuple(o) for o in r["ops"]]) == split
+
+
+def test_distinct_within_split_and_ids_unique() -> None:
+    recs = generate("train", 2000, seed=0)
+    assert len({r["question"] for r in recs}) == len(recs)
+    assert len({r["id"] for r in recs}) == len(recs)
+
+
+def _evaluate(start: int, ops: list[list]) -> int:
+    total = start
+    for op, x in ops:
+        assert op != "div" or total % x == 0, "division must be exact"
+        total = {"add": total + x, "sub": total - x, "mul": total * x, "div": total // x}[op]
+    return total
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_role_targets_consistent(split: str) -> None:
+    for r in generate(split, 300, seed=2):
+        assert FIELDS <= r.keys()
+        assert 2 <= r["steps"] <= 5 and r["domain"] in DOMAINS and len(r["ops"]) == r["steps"]
+        answer = int(r["answer"])
+        assert answer == _evaluate(r["start"], r["ops"]) and answer >= 1
+        # Every operand of the chain appears in the question; the plan lists each operation in words.
+        assert r["plan"].count(";") == r["steps"]
+        # The refined plan's equations, evaluated in order, give the answer.
+        env: dict[str, int] = {}
+        lines = r["refined_plan"].splitlines()
+        for line in lines[:-1]:
+            name, expr = line.split(" = ")
+            env[name] = eval(expr.replace("/", "//"), {}, dict(env))  # noqa: S307 - our own equations
+        assert lines[-1].startswith("answer = ") and env[lines[-1].split(" = ")[1]] == answer
+        # Every equation of the worked solution is true, and both worked targets end with the final line.
+        for text in (r["solution"], r["expert"]):
+            assert text.endswith(f"#### {answer}") and grade(text, r["answer"])
+            for lhs, rhs in re.findall(r"(\d+ [-+*/] \d+) = (\d+)", text):
+                assert eval(lhs.replace("/", "//")) == int(rhs)  # noqa: S307
+        assert f"The answer is {answer}." in r["expert"]
+
+
+def test_knobs() -> None:
+    recs = generate("train", 200, seed=0, steps=3, max_value=5, max_total=20, domains="money")
+    assert all(r["steps"] == 3 and r["domain"] == "money" for r in recs)
+    for r in recs:
+        assert r["start"] <= 5 and all(x <= 5 for op, x in r["ops"] if op in ("add", "sub"))
+        total = r["start"]
+        for op, x in r["ops"]:
+            total = _evaluate(total, [[op, x]])
+            assert 1 <= total <= 20
+    assert {r["steps"] for r in generate("train", 300, seed=0, steps=(2, 5))} == {2, 3, 4, 5}
+    with pytest.raises(ValueError, match="split"):
+        generate("dev", 1)
+    with pytest.raises(ValueError, match="domain"):
+        generate("train", 1, domains="physics")
+    with pytest.raises(ValueError, match="steps"):
+        generate("train", 1, steps=9)
+
+
+@pytest.mark.parametrize(
+    "prediction, ok",
+    [
+        ("3 + 4 = 7\n#### 7", True),
+        ("#### 7\n", True),
+        ("  ####   7  ", True),
+        ("so the answer is 7.", True),
+        ("The Answer is 7", True),
+        ("#### 5\nwait\n#### 7", True),  # the last #### line counts
+        ("3 + 4 = 7", False),  # a bare number is never the answer
+        ("7", False),
+        ("", False),
+        ("#### 7.5", False),
+        ("#### 7/2", False),
+        ("#### 70", False),
+        ("#### 07x", False),
+        ("the answer is 7.5", False),
+        ("the answer is 1/7", False),
+        ("#### 8\nthe answer is 7", False),  # a #### line wins over `answer is`
+        ("#### -7", False),
+    ],
+)
+def test_grade_strict(prediction: str, ok: bool) -> None:
+    assert grade(prediction, "7") is ok
+
+
+def test_grade_integers_and_extract() -> None:
+    assert grade("#### 007", "7")
+    assert not grade("#### 7", "not a number")
+    assert extract_answer("no answer here") is None
+    assert extract_answer("#### 12\n") == "12"
+
+
+def test_write_read_jsonl(tmp_path) -> None:
+    recs = generate("test", 10, seed=0)
+    path = write_jsonl(recs, tmp_path / "sub" / "test.jsonl")
+    assert read_jsonl(path) == recs
