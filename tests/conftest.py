@@ -67,3 +67,9 @@ def distillation_config(tiny_agents, tmp_path) -> dict:
         "generation": {"max_new_tokens": 5, "handoff_max_new_tokens": 4},
         "base_dir": str(tmp_path),
     }
+
+
+def pytest_configure(config):
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # keep test logs readable

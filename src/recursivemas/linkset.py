@@ -41,7 +41,7 @@ class LinkSet(nn.Module):
             raise ConfigError(f"{source}: link {name} has missing keys {missing} / unexpected keys {unexpected} (link kind {self.kind!r})")
         for key, tensor in state.items():
             if tensor.shape != expected[key].shape:
-                hint = ""
+                hint = f"; link {name} must be {module.hidden_size} wide (the agent's hidden size)" if isinstance(module, InnerLink) else ""
                 if isinstance(module, OuterLink):
                     hint = f"; link {name} must map width {module.in_dim} -> {module.out_dim} (sender and receiver hidden sizes)"
                 raise ConfigError(f"{source}: {name}.{key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}{hint}")
