@@ -1,16 +1,24 @@
-"""The `recursivemas` command line. Commands live next to what they drive; this file only wires them."""
+"""The `recursivemas` command line. Commands live in `recursivemas.commands`; this file only wires them."""
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Recursive latent multi-agent LLM systems.")
+from recursivemas.commands import register_all
+from recursivemas.config import ConfigError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Recursive latent multi-agent LLM systems."
+)
+register_all(app)
 
 
-def _register_all() -> None:
-    from recursivemas.commands import register_all
-
-    register_all(app)
-
-
-_register_all()
+def main() -> None:
+    """Entry point: a bad system file or input ends with its message, not a traceback."""
+    try:
+        app()
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -41,6 +41,7 @@ class DecodeSession:
     _mask: torch.Tensor | None = None
     _pos: torch.Tensor | None = None
     _logits: torch.Tensor | None = None
+    _unfed: list[int] = field(default_factory=list)  # the last sampled token is not yet in the cache
 
     def _forward(self, mask_new: torch.Tensor, counted: list[int] | None = None, **inputs) -> None:
         self._mask = mask_new if self._mask is None else torch.cat([self._mask, mask_new], dim=1)
@@ -66,8 +67,9 @@ class DecodeSession:
         self._forward(attention_mask.long(), inputs_embeds=inputs_embeds)
 
     def feed(self, ids: list[int]) -> None:
-        """Append tokens to a batch of one (tool results) without sampling."""
+        """Append tokens to a batch of one (tool results) without sampling, after the last sampled token."""
         device = self._mask.device
+        ids, self._unfed = self._unfed + list(ids), []
         self._forward(torch.ones(1, len(ids), dtype=torch.long, device=device), input_ids=torch.tensor([ids], device=device))
 
     def sample(
@@ -98,6 +100,7 @@ class DecodeSession:
             if stop is not None:
                 done |= torch.tensor([bool(out[r]) and stop(out[r]) for r in range(batch)], device=device)
             if bool(done.all()) or step + 1 == max_new_tokens:
+                self._unfed = [int(token[0])] if batch == 1 else []
                 break
             # finished rows keep feeding pads (batch shapes stay fixed) but are not counted as work
             ones = torch.ones(batch, 1, dtype=torch.long, device=device)

@@ -6,9 +6,9 @@ first (see ``docs/evaluation.md`` for what each one guarantees and where it stop
 1. OS isolation, when this machine allows it (``isolation()`` says which level is in use):
    ``unshare`` into new network, mount, PID, IPC and UTS namespaces. The network namespace has no
    interface but a down loopback, so nothing can be reached. Every mount is remounted read-only
-   except the run's own temporary directory. As root, the program then runs as ``nobody`` with only
-   ``CAP_DAC_READ_SEARCH`` (to read the interpreter's files) and ``no_new_privs``; unprivileged, a user
-   namespace is used and every capability is dropped. When the program's first process exits, the
+   except the run's own temporary directory. As root, the program then runs as a fresh unused uid
+   with only ``CAP_DAC_READ_SEARCH`` (to read the interpreter's files) and ``no_new_privs``;
+   unprivileged, a user namespace is used and every capability is dropped. When the program's first process exits, the
    kernel kills everything left in its PID namespace.
 2. ``resource`` limits set in the child before the program runs: address space, CPU seconds, file
    size (which also caps what it can print), process count, no core files.
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -38,7 +40,7 @@ import warnings
 from dataclasses import dataclass
 
 _SETUP_FAILED = 121  # exit code of the bootstrap when isolation could not be set up
-_NOBODY = 65534
+_UID_RANGE = (1_500_000_000, 1_600_000_000)  # as root, each run gets its own unused uid from here
 _ENV_MODE = "RECURSIVEMAS_SANDBOX"  # auto (default) | namespaces (required) | process (no namespaces)
 _MODES = ("auto", "namespaces", "process")
 
@@ -141,6 +143,8 @@ def _unshare_argv() -> list[str]:
 def _user_process_count() -> int:
     """Processes of the current user (RLIMIT_NPROC counts them all outside a user namespace)."""
     uid, n = os.getuid(), 0
+    if not os.path.isdir("/proc"):
+        return 0
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -151,49 +155,70 @@ def _user_process_count() -> int:
 
 
 def _run(code: str, stdin: str | None, timeout_s: float, limits: dict, max_chars: int, *, isolate: bool) -> SandboxResult:
-    outer = tempfile.mkdtemp(prefix="recursivemas-sandbox-")
+    outer = os.path.realpath(tempfile.mkdtemp(prefix="recursivemas-sandbox-"))  # mountinfo shows real paths
     try:
         box = os.path.join(outer, "box")
         os.mkdir(box, 0o700)
         root = os.geteuid() == 0
+        uid = _UID_RANGE[0] + secrets.randbelow(_UID_RANGE[1] - _UID_RANGE[0])
         if isolate and root:
-            os.chown(box, _NOBODY, _NOBODY)
+            os.chown(box, uid, uid)
         nproc = limits["max_procs"]
         if not isolate and not root:
             nproc += _user_process_count()
         script = os.path.join(outer, "main.py")
         with open(script, "w", encoding="utf-8") as f:
             f.write(code)
-        cfg = {"box": box, "script": script, "isolate": isolate, "as_root": root, **limits, "nproc": nproc}
-        argv = [sys.executable, "-I", "-B", os.path.abspath(__file__), json.dumps(cfg)]
+        cfg = {"box": box, "script": script, "isolate": isolate, "as_root": root, "uid": uid, **limits,
+               "nproc": nproc}
+        argv = [sys.executable, "-I", "-B", os.path.abspath(__file__)]
         if isolate:
             argv = _unshare_argv() + ["--", *argv]
         out_path, err_path = os.path.join(outer, "stdout"), os.path.join(outer, "stderr")
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": box, "TMPDIR": box}
-        stdin_f = subprocess.DEVNULL
+        stdin_path = os.devnull
         if stdin is not None:
-            with open(os.path.join(outer, "stdin"), "w", encoding="utf-8") as f:
+            stdin_path = os.path.join(outer, "stdin")
+            with open(stdin_path, "w", encoding="utf-8") as f:
                 f.write(stdin)
-            stdin_f = open(os.path.join(outer, "stdin"), "rb")  # noqa: SIM115 - closed below
-        try:
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                proc = subprocess.Popen(argv, stdin=stdin_f, stdout=out, stderr=err, cwd=box, env=env,
-                                        start_new_session=True, close_fds=True)
-                timed_out = False
-                try:
-                    proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                _kill_group(proc.pid)
-                proc.wait()
-        finally:
-            if stdin_f is not subprocess.DEVNULL:
-                stdin_f.close()
+        rc, timed_out = _launch(argv, cfg, box, stdin_path, out_path, err_path, timeout_s)
         stdout, stderr = _read(out_path, max_chars), _read(err_path, max_chars)
-        rc = None if timed_out else proc.returncode
         return SandboxResult(stdout, stderr, rc, timed_out, _reason(rc, timed_out, stderr))
     finally:
         shutil.rmtree(outer, ignore_errors=True)
+
+
+def _launch(argv: list[str], cfg: dict, box: str, stdin_path: str, out_path: str, err_path: str,
+            timeout_s: float) -> tuple[int | None, bool]:
+    """Start the supervisor in a new session, wait, kill the group; (program exit status, timed out)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": box, "TMPDIR": box}
+    status_r, status_w = os.pipe()  # the supervisor writes the program's exit status here
+    try:
+        argv = [*argv, json.dumps({**cfg, "status_fd": status_w})]
+        with open(out_path, "wb") as out, open(err_path, "wb") as err, open(stdin_path, "rb") as inp:
+            proc = subprocess.Popen(argv, stdin=inp, stdout=out, stderr=err, cwd=box, env=env,
+                                    start_new_session=True, close_fds=True, pass_fds=(status_w,))
+            os.close(status_w)
+            status_w = -1
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            _kill_group(proc.pid)
+            proc.wait()
+        if timed_out:
+            return None, True
+        os.set_blocking(status_r, False)
+        try:
+            status = os.read(status_r, 64).decode(errors="replace").strip()
+        except BlockingIOError:
+            status = ""
+        # no status: the supervisor itself failed (setup error, unshare refused); use its exit code
+        return (int(status) if status.lstrip("-").isdigit() else proc.returncode), False
+    finally:
+        os.close(status_r)
+        if status_w >= 0:
+            os.close(status_w)
 
 
 def _kill_group(pgid: int) -> None:
@@ -227,6 +252,8 @@ def _reason(rc: int | None, timed_out: bool, stderr: str) -> str | None:
         return "sandbox setup failed"
     if "MemoryError" in stderr:
         return "memory limit"
+    if "File too large" in stderr:
+        return "file size limit"
     return f"exit code {rc}"
 
 
@@ -263,7 +290,7 @@ def _mounts() -> list[tuple[str, int]]:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         for line in f:
             fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")  # \040 and friends
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
             flags = 0
             for opt in fields[5].split(","):
                 flags |= _MS_OPTS.get(opt, 0)
@@ -287,11 +314,11 @@ def _isolate(cfg: dict) -> None:
         if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break
     keep = 0
-    if cfg["as_root"]:  # real root: become nobody, keeping only the right to read the interpreter
+    if cfg["as_root"]:  # real root: become a fresh uid, keeping only the right to read the interpreter
         _check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "keepcaps")
         os.setgroups([])
-        os.setgid(_NOBODY)
-        os.setuid(_NOBODY)
+        os.setgid(cfg["uid"])
+        os.setuid(cfg["uid"])  # its own uid: RLIMIT_NPROC counts this run's processes only
         keep = 1 << _CAP_DAC_READ_SEARCH
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)(keep, keep, 0, 0, 0, 0)  # effective, permitted, inheritable x 2 words
@@ -300,15 +327,15 @@ def _isolate(cfg: dict) -> None:
 
 
 def _set_limits(cfg: dict) -> None:
-    def cap(kind: int, value: int) -> None:
+    def cap(kind: int, value: int, hard_extra: int = 0) -> None:
         _, hard = resource.getrlimit(kind)
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(kind, (value, value))
+        new_hard = value + hard_extra if hard == resource.RLIM_INFINITY else min(value + hard_extra, hard)
+        resource.setrlimit(kind, (min(value, new_hard), new_hard))
 
     cap(resource.RLIMIT_AS, cfg["memory_mb"] << 20)
-    cap(resource.RLIMIT_CPU, cfg["cpu_s"])
+    cap(resource.RLIMIT_CPU, cfg["cpu_s"], hard_extra=1)  # SIGXCPU at the soft limit, SIGKILL a second later
     cap(resource.RLIMIT_FSIZE, cfg["max_file_mb"] << 20)
-    cap(resource.RLIMIT_NPROC, cfg["nproc"])
+    cap(resource.RLIMIT_NPROC, cfg["nproc"] + 1)  # + the supervisor
     cap(resource.RLIMIT_CORE, 0)
 
 
@@ -376,7 +403,13 @@ def _run_program(script: str) -> None:
 
 
 def _child_main() -> None:
+    """Supervisor: set up isolation and limits, fork the program, report its exit status on a pipe.
+
+    In namespace mode this process is PID 1 of its namespace, so its exit takes every leftover
+    process with it; the status pipe lets the parent tell a signal death from an exit code.
+    """
     cfg = json.loads(sys.argv[1])
+    status_fd = cfg["status_fd"]
     try:
         if cfg["isolate"]:
             _isolate(cfg)
@@ -385,8 +418,19 @@ def _child_main() -> None:
         sys.stderr.write(f"sandbox setup failed: {exc}\n")
         sys.stderr.flush()
         os._exit(_SETUP_FAILED)
-    _install_guard(cfg["box"])
-    _run_program(cfg["script"])
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        sys.stderr.write(f"sandbox setup failed: cannot start the program: {exc}\n")
+        os._exit(_SETUP_FAILED)
+    if pid == 0:
+        os.close(status_fd)  # the program cannot forge its own status
+        _install_guard(cfg["box"])
+        _run_program(cfg["script"])
+        return
+    _, status = os.waitpid(pid, 0)
+    os.write(status_fd, str(os.waitstatus_to_exitcode(status)).encode())
+    os._exit(0)
 
 
 if __name__ == "__main__":

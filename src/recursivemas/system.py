@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 
 from recursivemas.agent import Agent, load_model_and_tokenizer
 from recursivemas.config import ConfigError, SystemConfig, dump_config, load_config
-from recursivemas.generation import generate
+from recursivemas.generation import DecodeSession, generate
 from recursivemas.graph import Graph, edge_name
 from recursivemas.linkset import LinkSet
 from recursivemas.rollout import latent_rollout
 from recursivemas.slots import SlotFill, build_inputs
+from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
 MODES = ("latent", "text", "single")
@@ -39,6 +40,7 @@ class RunResult:
     latent_steps: int
     usage: Usage
     handoffs: list[dict] = field(default_factory=list)  # text mode: every message passed, for inspection
+    tool_calls: list[dict] = field(default_factory=list)  # deliberation: every tool call of the final answer
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -51,6 +53,7 @@ class System:
 
     def __init__(self, config: SystemConfig, agents: dict[str, Agent], links: LinkSet, graph: Graph) -> None:
         self.config, self.agents, self.links, self.graph = config, agents, links, graph
+        self.tool_loop = _build_tool_loop(config)  # a missing tool backend fails here, at load time
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
@@ -133,10 +136,11 @@ class System:
     def _run_batch(self, questions: list[str], mode: str, rounds: int, steps: int, generator) -> list[RunResult]:
         usages = [Usage() for _ in questions]
         handoffs: list[list[dict]] = [[] for _ in questions]
+        tool_log: list[list[dict]] = [[] for _ in questions]
         decoder, max_answer = self.graph.decoder, self.config.generation.max_new_tokens
         if mode == "single":  # the decoding agent alone, every slot empty
-            texts = self._decode(decoder, questions, {}, 1, "answer", max_answer, usages, generator)
-            return [RunResult(q, texts[i], mode, 1, 0, usages[i]) for i, q in enumerate(questions)]
+            texts = self._decode(decoder, questions, {}, 1, "answer", max_answer, usages, generator, tool_log)
+            return [RunResult(q, texts[i], mode, 1, 0, usages[i], tool_calls=tool_log[i]) for i, q in enumerate(questions)]
         feedback: dict[str, list[SlotFill]] = {}
         for r in range(1, rounds + 1):
             final = r == rounds
@@ -150,7 +154,7 @@ class System:
                     for e in self.graph.incoming(agent)
                 }
                 if final and agent == decoder:
-                    texts = self._decode(agent, questions, fills, r, "answer", max_answer, usages, generator)
+                    texts = self._decode(agent, questions, fills, r, "answer", max_answer, usages, generator, tool_log)
                     continue
                 sends = [e for e in self.graph.outgoing(agent) if not (final and e.feedback)]
                 if mode == "latent":
@@ -166,7 +170,8 @@ class System:
                         (next_feedback if e.feedback else current)[edge_name(e)] = msgs
             feedback = next_feedback
         return [
-            RunResult(q, texts[i], mode, rounds, steps if mode == "latent" else 0, usages[i], handoffs[i]) for i, q in enumerate(questions)
+            RunResult(q, texts[i], mode, rounds, steps if mode == "latent" else 0, usages[i], handoffs[i], tool_log[i])
+            for i, q in enumerate(questions)
         ]
 
     def _rollout(self, name: str, questions, fills, round_: int, steps: int, usages: list[Usage]) -> torch.Tensor:
@@ -180,11 +185,13 @@ class System:
             usages[i].steps.append(StepUsage(name, round_, "latent", 0, steps, steps, positions, seconds))
         return thoughts
 
-    def _decode(self, name: str, questions, fills, round_: int, action: str, max_new: int, usages, generator) -> list[str]:
+    def _decode(self, name: str, questions, fills, round_: int, action: str, max_new: int, usages, generator, tool_log=None) -> list[str]:
         agent = self.agents[name]
         gen = self.config.generation
         start = time.perf_counter()
         embeds, mask = build_inputs(agent, questions, fills)
+        if action == "answer" and self.tool_loop is not None:
+            return self._decode_with_tools(agent, embeds, mask, round_, max_new, usages, generator, start, tool_log)
         ids, session = generate(
             agent.model,
             embeds,
@@ -201,9 +208,56 @@ class System:
             usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, session.forward_calls, session.positions[i], seconds))
         return [agent.decode(row) for row in ids]
 
+    def _decode_with_tools(self, agent: Agent, embeds, mask, round_, max_new, usages, generator, start, tool_log) -> list[str]:
+        """The final answer with a tool loop, one question at a time (each has its own calls and results)."""
+        gen, texts = self.config.generation, []
+        for i in range(embeds.shape[0]):
+            row_start = time.perf_counter()
+            session = DecodeSession(agent.model, agent.eos_token_ids, agent.pad_token_id)
+            keep = mask[i].bool()
+            session.prefill(embeds[i : i + 1, keep], mask[i : i + 1, keep])
+            loop, generated = self.tool_loop, []
+            loop.reset()
+
+            def continue_decoding(appended: str) -> tuple[str, bool]:
+                if appended:
+                    session.feed(agent.encode(appended))
+                budget = max_new - len(generated)
+                if budget <= 0 or (generated and generated[-1] in agent.eos_token_ids):
+                    return "", False
+                stops = loop.stop_strings
+                stop = (lambda ids: any(agent.decode(ids).rstrip().endswith(s) for s in stops)) if stops else None
+                ids = session.sample(budget, gen.temperature, gen.top_p, generator, stop=stop)[0]
+                generated.extend(ids)
+                return agent.decode(ids), False
+
+            with torch.no_grad():
+                texts.append(run_tool_loop(continue_decoding, loop))
+            if tool_log is not None:
+                tool_log[i].extend(asdict(c) for c in loop.calls)
+            seconds = time.perf_counter() - row_start
+            usages[i].steps.append(StepUsage(agent.name, round_, "answer", len(generated), 0, session.forward_calls, session.positions[0], seconds))
+        return texts
+
     def __repr__(self) -> str:
         agents = ", ".join(repr(a) for a in self.agents.values())
         return f"System({self.config.name!r}, decoder={self.graph.decoder!r}, agents=[{agents}])"
+
+
+def _build_tool_loop(config: SystemConfig):
+    """The decoding agent's tool loop, when the system file configures tools (deliberation)."""
+    if not config.tools:
+        return None
+    from recursivemas.tools import build_tool_loop
+
+    spec = dict(config.tools)
+    search = spec.get("search")
+    if isinstance(search, dict):  # corpus and index paths are relative to the system file
+        spec["search"] = {k: (config.resolve(v) if k in ("corpus", "index_dir") and isinstance(v, str) else v) for k, v in search.items()}
+    try:
+        return build_tool_loop(spec)
+    except ValueError as err:
+        raise ConfigError(f"tools: {err}") from err
 
 
 def _load_agents(config: SystemConfig) -> dict[str, Agent]:

@@ -108,3 +108,28 @@ def save_tiny_agent(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_word_tokenizer(vocab_size: int, style: str = "im") -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with ``vocab_size`` synthetic words (``w0 w1 ...``) for benchmark-sized models.
+
+    Every id decodes to a word that re-encodes to the same id, so a text hand-off of n tokens costs the
+    receiver n positions, as with a real tokenizer.
+    """
+    specials = _SPECIALS[style]
+    special_tokens = [specials["bos"], specials["eos"], specials["pad"], *specials["extra"]]
+    words = [*special_tokens, "[UNK]"] + [f"w{i}" for i in range(vocab_size - len(special_tokens) - 1)]
+    vocab = {word: i for i, word in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=specials["bos"],
+        eos_token=specials["eos"],
+        pad_token=specials["pad"],
+        unk_token="[UNK]",
+        additional_special_tokens=specials["extra"],
+    )
+    fast.chat_template = CHAT_TEMPLATES[style]
+    return fast

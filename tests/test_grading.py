@@ -1,0 +1,129 @@
+"""Strict grading: adversarial math pairs, no defaulted letters, SQuAD EM/F1, code through the sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from recursivemas.eval.grading import (
+    exact_match,
+    extract_choice,
+    extract_code,
+    extract_math_answer,
+    extract_qa_answer,
+    f1_score,
+    grade,
+    grade_code,
+    grade_math,
+    grade_mc,
+    normalize_answer,
+)
+from recursivemas.eval.tasks import Example
+
+MUST_NOT_MATCH = [("1/2", "1/3"), (r"3\sqrt{3}", "3"), (r"2\pi", "2"), ("14/3", "4.9"), (r"(3, \pi/2)", "3")]
+MUST_MATCH = [("0.5", r"\frac{1}{2}"), (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}"), ("42", "42.0"),
+              (r"\dfrac{14}{3}", "14/3")]
+
+
+@pytest.mark.parametrize(("a", "b"), MUST_NOT_MATCH)
+def test_adversarial_math_pairs_do_not_match(a: str, b: str) -> None:
+    assert not grade_math(f"so \\boxed{{{a}}}", b).correct
+    assert not grade_math(f"so \\boxed{{{b}}}", a).correct
+
+
+@pytest.mark.parametrize(("a", "b"), MUST_MATCH)
+def test_equivalent_math_answers_match(a: str, b: str) -> None:
+    assert grade_math(f"\\boxed{{{a}}}", b).correct
+    assert grade_math(f"\\boxed{{{b}}}", a).correct
+
+
+@pytest.mark.parametrize(("text", "answer"), [
+    (r"first \boxed{1} then \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+    (r"\boxed{\sqrt{\frac{1}{2}}}", r"\sqrt{\frac{1}{2}}"),
+    ("Final Answer: The final answer is $\\frac12$. I hope it is correct.", r"\frac12"),
+    ("work...\n#### 1,234", "1,234"),
+    ("The answer is 3.5.", "3.5"),
+    ("So the answer is 12. Let me double check.", "12"),
+    ("**Final Answer:** 7", "7"),
+    ("The answer is: $x=2$", "x=2"),
+])
+def test_math_answer_extraction(text: str, answer: str) -> None:
+    assert extract_math_answer(text) == answer
+
+
+def test_math_has_no_number_fallback() -> None:
+    # the release compared the integer part of the first number: here an unstated answer is wrong
+    assert extract_math_answer("I computed 1/2 and then 7") is None
+    g = grade_math("I computed 1/2 and then 7", "1/2")
+    assert not g.correct and g.extracted is None
+    assert grade_math("Final Answer: 1/2", "1/2").correct  # the line the release's regex never matched
+    assert not grade_math(r"\boxed{}", "0").correct
+
+
+def test_text_answers_fall_back_to_strict_string_match() -> None:
+    assert grade_math(r"\boxed{\text{Monday}}", "Monday").correct
+    assert not grade_math(r"\boxed{\text{Tuesday}}", "Monday").correct
+
+
+@pytest.mark.parametrize(("text", "letter"), [
+    ("The answer is (B) because", "B"), ("B", "B"), ("(C).", "C"), ("**Answer: D**", "D"), (r"\boxed{A}", "A"),
+    (r"\boxed{\text{C}}", "C"), ("Reasoning...\nFinal Answer: A", "A"),
+    (r"\boxed{E}", None), ("Answer: E", None), ("The answer is Paris", None), ("I pick A or B", None),
+    ("", None), ("I am not sure.", None), ("The answer is b", None),
+])
+def test_choice_extraction_is_strict(text: str, letter: str | None) -> None:
+    assert extract_choice(text, 4) == letter
+
+
+def test_unparsed_choice_is_wrong_never_defaulted() -> None:
+    # the release defaulted both prediction and gold to "A" on a parse failure
+    g = grade_mc("I cannot decide between the options.", "A", 4)
+    assert not g.correct and g.extracted is None
+    assert grade_mc(r"\boxed{A}", "A", 4).correct and not grade_mc(r"\boxed{B}", "A", 4).correct
+
+
+def test_squad_normalisation_em_and_f1() -> None:
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert exact_match("the Eiffel Tower", ["Eiffel Tower", "Paris"]) == 1.0
+    assert exact_match("Eiffel", "Eiffel Tower") == 0.0
+    assert f1_score("Eiffel", "Eiffel Tower") == pytest.approx(2 / 3)
+    assert f1_score("London", ["Paris"]) == 0.0
+    assert extract_qa_answer("Thinking...\nFinal Answer: Barack Obama") == "Barack Obama"
+
+
+def test_qa_grade_uses_explicit_answer() -> None:
+    ex = Example("q1", "Who?", ["Barack Obama"], "qa", {})
+    g = grade(ex, "He was president.\nFinal Answer: Barack Obama")
+    assert g.correct and g.score == 1.0
+    g = grade(ex, "Final Answer: Obama")
+    assert not g.correct and g.score == pytest.approx(2 / 3)
+
+
+def test_code_extraction() -> None:
+    assert extract_code("```python\nx = 1\n```\ntext\n```py\nx = 2\n```") == "x = 2\n"
+    assert extract_code("```cpp\nint main(){}\n```") is None
+    assert extract_code("def f():\n    return 1") == "def f():\n    return 1"
+
+
+def test_code_grading_runs_tests_in_the_sandbox() -> None:
+    gold = {"type": "script", "setup": "import math", "tests": "assert hyp(3, 4) == 5\n"}
+    good = "```python\ndef hyp(a, b):\n    return math.sqrt(a * a + b * b)\n```"
+    assert grade_code(good, gold).correct
+    g = grade_code(good.replace("b * b", "b"), gold)
+    assert not g.correct and "AssertionError" in g.detail
+    assert not grade_code("no code here, just words", {"type": "script", "tests": "assert False"}).correct
+
+
+def test_code_grading_stdin_and_functional_tests() -> None:
+    io = {"type": "io", "cases": [{"input": "2 3\n", "output": "5\n"}, {"input": "10 -1\n", "output": "9"}]}
+    assert grade_code("```python\na, b = map(int, input().split())\nprint(a + b)\n```", io).correct
+    assert not grade_code("```python\na, b = map(int, input().split())\nprint(a * b)\n```", io).correct
+    fn = {"type": "functional", "func_name": "add", "cases": [{"input": "1\n2", "output": "3"}]}
+    assert grade_code("```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```", fn).correct
+    assert not grade_code("```python\nclass Solution:\n    def add(self, a, b):\n        return a - b\n```", fn).correct
+    with pytest.raises(ValueError, match="type"):
+        grade_code("```python\npass\n```", {"type": "mystery"})
+
+
+def test_grade_dispatch_rejects_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        grade(Example("x", "q", "1", "essay", {}), "1")
