@@ -64,6 +64,13 @@ class Graph:
             remaining.remove(ready[0])
         return done
 
+    def stages(self) -> list[list[str]]:
+        """Agents grouped by depth in the forward DAG: each stage needs only earlier stages (and feedback)."""
+        depth: dict[str, int] = {}
+        for agent in self.order():
+            depth[agent] = max((depth[e.src] + 1 for e in self.forward_edges if e.dst == agent), default=0)
+        return [[a for a in depth if depth[a] == d] for d in range(max(depth.values()) + 1)]
+
     def ancestors(self, agent: str) -> set[str]:
         """Agents whose latents reach ``agent`` within one round (forward edges only), itself included."""
         found, frontier = {agent}, [agent]

@@ -21,7 +21,7 @@ from recursivemas.generation import DecodeSession, generate
 from recursivemas.graph import Graph, edge_name
 from recursivemas.linkset import LinkSet
 from recursivemas.rollout import latent_rollout
-from recursivemas.slots import SlotFill, build_inputs
+from recursivemas.slots import SlotFill, build_inputs, left_pad, row_embeddings
 from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
@@ -146,44 +146,69 @@ class System:
             final = r == rounds
             current: dict[str, list[SlotFill]] = {}
             next_feedback: dict[str, list[SlotFill]] = {}
-            for agent in self.graph.order():
-                if not self.graph.active(agent, final):
-                    continue
+
+            def send(agent: str, payload) -> None:
+                """Route an agent's output along its edges: latents through each edge's outer link."""
+                for e in self.graph.outgoing(agent):
+                    if final and e.feedback:
+                        continue
+                    if mode == "latent":
+                        value = list(self.links.outer[edge_name(e)](payload.to(self.agents[e.dst].device)))
+                    else:
+                        value = payload
+                    (next_feedback if e.feedback else current)[edge_name(e)] = value
+
+            for stage in self.graph.stages():
                 fills = {
-                    e.slot: (feedback if e.feedback else current).get(edge_name(e), [None] * len(questions))
-                    for e in self.graph.incoming(agent)
+                    agent: {
+                        e.slot: (feedback if e.feedback else current).get(edge_name(e), [None] * len(questions))
+                        for e in self.graph.incoming(agent)
+                    }
+                    for agent in stage
+                    if self.graph.active(agent, final)
                 }
-                if final and agent == decoder:
-                    texts = self._decode(agent, questions, fills, r, "answer", max_answer, usages, generator, tool_log)
-                    continue
-                sends = [e for e in self.graph.outgoing(agent) if not (final and e.feedback)]
+                if final and decoder in fills:
+                    texts = self._decode(decoder, questions, fills.pop(decoder), r, "answer", max_answer, usages, generator, tool_log)
                 if mode == "latent":
-                    thoughts = self._rollout(agent, questions, fills, r, steps, usages)
-                    for e in sends:
-                        mapped = self.links.outer[edge_name(e)](thoughts.to(self.agents[e.dst].device))
-                        (next_feedback if e.feedback else current)[edge_name(e)] = list(mapped)
-                else:
-                    msgs = self._decode(agent, questions, fills, r, "text", self.config.generation.handoff_max_new_tokens, usages, generator)
+                    for group in self._same_model_groups(list(fills)):
+                        for agent, thoughts in self._rollout(group, questions, fills, r, steps, usages).items():
+                            send(agent, thoughts)
+                    continue
+                for agent, agent_fills in fills.items():
+                    msgs = self._decode(agent, questions, agent_fills, r, "text", self.config.generation.handoff_max_new_tokens, usages, generator)
+                    receivers = [e.dst for e in self.graph.outgoing(agent) if not (final and e.feedback)]
                     for i, msg in enumerate(msgs):
-                        handoffs[i].append({"round": r, "from": agent, "to": [e.dst for e in sends], "text": msg})
-                    for e in sends:
-                        (next_feedback if e.feedback else current)[edge_name(e)] = msgs
+                        handoffs[i].append({"round": r, "from": agent, "to": receivers, "text": msg})
+                    send(agent, msgs)
             feedback = next_feedback
         return [
             RunResult(q, texts[i], mode, rounds, steps if mode == "latent" else 0, usages[i], handoffs[i], tool_log[i])
             for i, q in enumerate(questions)
         ]
 
-    def _rollout(self, name: str, questions, fills, round_: int, steps: int, usages: list[Usage]) -> torch.Tensor:
-        agent = self.agents[name]
+    def _same_model_groups(self, names: list[str]) -> list[list[str]]:
+        """Agents of one stage that share a loaded model (e.g. mixture experts on one LLM) roll out as one batch."""
+        groups: dict[int, list[str]] = {}
+        for name in names:
+            groups.setdefault(id(self.agents[name].model), []).append(name)
+        return list(groups.values())
+
+    def _rollout(self, names: list[str], questions, fills, round_: int, steps: int, usages: list[Usage]) -> dict[str, torch.Tensor]:
+        """Latent rollouts of agents sharing one model, batched together; each row uses its own agent's inner link."""
+        model, n = self.agents[names[0]].model, len(questions)
         start = time.perf_counter()
-        embeds, mask = build_inputs(agent, questions, fills)
-        thoughts = latent_rollout(agent.model, self.links.inner[name], embeds, mask, steps=steps)
-        seconds = (time.perf_counter() - start) / len(questions)
-        for i, length in enumerate(mask.sum(-1).tolist()):
-            positions = length + max(steps - 1, 0)  # the prompt, then one position per fed-back thought
-            usages[i].steps.append(StepUsage(name, round_, "latent", 0, steps, steps, positions, seconds))
-        return thoughts
+        rows = [row_embeddings(self.agents[name], q, fills[name], i) for name in names for i, q in enumerate(questions)]
+        embeds, mask = left_pad(rows)
+        inner = [self.links.inner[name] for name in names]
+        link = inner[0] if len(names) == 1 else (lambda h: torch.cat([fn(h[k * n : (k + 1) * n]) for k, fn in enumerate(inner)]))
+        thoughts = latent_rollout(model, link, embeds, mask, steps=steps)
+        seconds = (time.perf_counter() - start) / len(rows)
+        lengths = mask.sum(-1).tolist()
+        for k, name in enumerate(names):
+            for i in range(n):
+                positions = lengths[k * n + i] + max(steps - 1, 0)  # the prompt, then one position per fed-back thought
+                usages[i].steps.append(StepUsage(name, round_, "latent", 0, steps, steps, positions, seconds))
+        return {name: thoughts[k * n : (k + 1) * n] for k, name in enumerate(names)}
 
     def _decode(self, name: str, questions, fills, round_: int, action: str, max_new: int, usages, generator, tool_log=None) -> list[str]:
         agent = self.agents[name]

@@ -88,6 +88,7 @@ def graph(system: Path = typer.Option(..., "--system", help="System YAML file.")
     from recursivemas.graph import Graph, edge_name
     from recursivemas.links import InnerLink, OuterLink
 
+    console = Console()  # created here so the terminal width is read when the command runs
     config = load_config(system)
     g = Graph.from_config(config)
     widths = _hidden_sizes(config)
