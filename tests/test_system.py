@@ -114,3 +114,15 @@ def test_usage_serialises(sequential):
     data = sequential.run(["2?"], mode="latent")[0].to_dict()
     assert set(data["usage"]["totals"]) == {"generated_tokens", "latent_steps", "forward_calls", "input_positions", "wall_time_s"}
     assert data["usage"]["steps"][0]["agent"] == "planner"
+
+
+def test_latentmas_training_free_inner_links(sequential_config, tmp_path):
+    from recursivemas import LatentMASLink
+
+    cfg = dict(sequential_config, links={"inner": "latentmas"})
+    system = System.from_config(cfg)
+    assert all(isinstance(link, LatentMASLink) for link in system.links.inner.values())
+    res = system.run(["2 + 2?"], mode="latent", rounds=2)[0]
+    assert [(s.agent, s.round) for s in res.usage.steps if s.generated_tokens] == [("solver", 2)]
+    system.save_pretrained(tmp_path / "saved")
+    assert System.from_pretrained(tmp_path / "saved").run(["2 + 2?"], rounds=2)[0].text == res.text

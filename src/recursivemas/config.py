@@ -72,12 +72,15 @@ class LinksConfig:
     checkpoint: str | None = None  # a links.safetensors written by save_pretrained or training
     release: dict[str, str] = field(default_factory=dict)  # link name -> public-release .pt file
     init: str = "random"  # random | ridge (training initialises outer links by least squares)
+    inner: str = "trained"  # trained | latentmas (training-free closed-form map per model, SPEC section 8)
 
     def __post_init__(self) -> None:
         from recursivemas.links import LINK_KINDS
 
         if self.kind not in LINK_KINDS:
             raise ConfigError(f"links.kind {self.kind!r} is unknown; choose one of {', '.join(LINK_KINDS)}")
+        if self.inner not in ("trained", "latentmas"):
+            raise ConfigError(f"links.inner {self.inner!r} is unknown; choose 'trained' or 'latentmas'")
         if self.init not in ("random", "ridge"):
             raise ConfigError(f"links.init {self.init!r} is unknown; choose 'random' or 'ridge'")
 

@@ -121,7 +121,10 @@ class LatentMASLink(nn.Module):
     @torch.no_grad()
     def from_model(cls, model: nn.Module, lam: float = 1e-5) -> "LatentMASLink":
         w_in = model.get_input_embeddings().weight.detach().double()  # [V, d]
-        w_out = model.get_output_embeddings().weight.detach().double()  # [V, d]
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"{type(model).__name__} has no output embeddings; the LatentMAS map needs an LM head")
+        w_out = head.weight.detach().double()  # [V, d]
         d = w_out.shape[1]
         w_a = torch.linalg.solve(w_out.T @ w_out + lam * torch.eye(d, dtype=w_out.dtype), w_out.T @ w_in)
         return cls(w_a.float(), w_in.norm(dim=-1).mean().item())

@@ -19,6 +19,7 @@ from recursivemas.agent import Agent, load_model_and_tokenizer
 from recursivemas.config import ConfigError, SystemConfig, dump_config, load_config
 from recursivemas.generation import DecodeSession, generate
 from recursivemas.graph import Graph, edge_name
+from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.rollout import latent_rollout
 from recursivemas.slots import SlotFill, build_inputs, left_pad, row_embeddings
@@ -63,6 +64,9 @@ class System:
         agents = _load_agents(config)
         torch.manual_seed(config.seed)  # random links are reproducible per seed
         links = LinkSet({n: a.hidden_size for n, a in agents.items()}, graph.edges, config.links.kind)
+        if config.links.inner == "latentmas":  # training-free inner links from each model's own embeddings
+            for name, agent in agents.items():
+                links.inner[name] = LatentMASLink.from_model(agent.model).float()
         checkpoint = link_checkpoint or (config.resolve(config.links.checkpoint) if config.links.checkpoint else None)
         if checkpoint:
             links.load(checkpoint)
