@@ -126,3 +126,41 @@ def test_latentmas_training_free_inner_links(sequential_config, tmp_path):
     assert [(s.agent, s.round) for s in res.usage.steps if s.generated_tokens] == [("solver", 2)]
     system.save_pretrained(tmp_path / "saved")
     assert System.from_pretrained(tmp_path / "saved").run(["2 + 2?"], rounds=2)[0].text == res.text
+
+
+def test_tokenizer_without_chat_template_uses_plain_fallback(tiny_agents, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_agents["qwen2"], tmp_path / "plain")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path / "plain")
+    (tmp_path / "plain" / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = {
+        "pattern": "distillation",
+        "agents": {
+            "expert": {"model": tiny_agents["llama"], "prompt": "{question} <<FEEDBACK>>", "system_prompt": "Be an expert."},
+            "learner": {"model": str(tmp_path / "plain"), "prompt": "{question} <<EXPERT>>", "system_prompt": "Learn."},
+        },
+        "latent_steps": 2,
+        "generation": {"max_new_tokens": 3},
+    }
+    system = System.from_config(cfg)
+    learner = system.agents["learner"]
+    assert learner.tokenizer.chat_template is None
+    assert learner.render("Q?") == "<s>Learn.\n\nQ?\n"
+    assert "<|im_start|>" in system.agents["expert"].render("Q?")
+    assert system.run(["Q?"])[0].usage.generated_tokens <= 3
+
+
+def test_bfloat16_agent_runs_with_float32_links(sequential_config):
+    cfg = dict(sequential_config)
+    cfg["agents"] = {k: dict(v) for k, v in cfg["agents"].items()}
+    cfg["agents"]["critic"]["dtype"] = "bfloat16"
+    system = System.from_config(cfg)
+    assert system.agents["critic"].model.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in system.links.parameters())
+    res = system.run(["2 + 2?"], mode="latent")[0]
+    assert [(s.agent, s.action) for s in res.usage.steps][-1] == ("solver", "answer")
