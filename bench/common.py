@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import date
@@ -22,7 +23,8 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}"
+    load = os.getloadavg()[0]  # a busy machine slows every arm of a comparison; say how busy it was
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}, load average {load:.1f} at the end"
 
 
 def save_llama(out_dir: Path, hidden: int, layers: int = 8, vocab: int = 32000, seed: int = 0) -> Path:

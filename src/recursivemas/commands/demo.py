@@ -16,19 +16,6 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 console = Console()
-BUNDLED = Path(__file__).resolve().parent.parent / "configs"
-
-
-def bundled_system_path(name: str = "sequential") -> Path:
-    """The bundled system: a trained directory (system.yaml + links) if shipped, else the plain YAML."""
-    trained = BUNDLED.parent / "zoo_models" / "systems" / name
-    if (trained / "system.yaml").is_file():
-        return trained
-    path = BUNDLED / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in BUNDLED.glob("*.yaml"))
-        raise typer.BadParameter(f"no bundled system {name!r}; bundled: {', '.join(known)}")
-    return path
 
 
 def demo(
@@ -42,10 +29,11 @@ def demo(
 ) -> None:
     """Run the bundled default in every mode and compare accuracy, tokens and time."""
     from recursivemas import System
+    from recursivemas.bundle import bundled_config
     from recursivemas.eval.harness import evaluate, parse_list
     from recursivemas.eval.report import compare_to_text, summarize, write_report
 
-    path = system or bundled_system_path(name)
+    path = system or bundled_config(name)
     start = time.perf_counter()
     loaded = System.from_pretrained(path) if path.is_dir() else System.from_config(path)
     console.print(f"[bold]{loaded}[/bold] ({time.perf_counter() - start:.1f}s to load)")
