@@ -10,7 +10,7 @@ Each record carries a target for every role a bundled system uses:
 - ``plan``: the problem decomposed into operations in words (planner).
 - ``refined_plan``: the same, ordered as explicit equations over named results (critic).
 - ``solution``: worked arithmetic, one equation a line, ending ``#### <n>`` (solver/learner).
-- ``expert``: a longer worked solution that retells each step, ending ``#### <n>`` (distillation expert).
+- ``expert``: a longer worked solution that names each step and its unit, ending ``#### <n>`` (distillation expert).
 - ``answer``: the final number alone, as a string (what :func:`grade` compares against).
 
 Splits are disjoint by construction: a problem belongs to the split that a hash of its
@@ -123,7 +123,7 @@ def _render(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str
 
     sentences = [story["start"].format(x=start, **fill)]
     plan = [f"start with {start}"]
-    refined, solution, expert = [], [], [f"At the start there are {start} {unit}."]
+    refined, solution, expert = [], [], [f"Start: {start} {unit}."]
     total = start
     for i, (op, x) in enumerate(ops):
         key = op if op in ("add", "sub") else f"{op}{x}"
@@ -134,7 +134,7 @@ def _render(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str
         refined.append(f"{_LETTERS[i]} = {prev} {_SYMBOL[op]} {x}")
         new = _apply(op, total, x)
         solution.append(f"{total} {_SYMBOL[op]} {x} = {new}")
-        expert.append(f"{sentence} So {total} {_SYMBOL[op]} {x} = {new} {unit}.")
+        expert.append(f"{_PLAN_WORDS[op].format(x=x).capitalize()}: {total} {_SYMBOL[op]} {x} = {new} {unit}.")
         total = new
     sentences.append(story["ask"].format(**fill))
     expert.append(f"The answer is {total}.")

@@ -24,7 +24,7 @@ def demo(
     limit: int = typer.Option(200, "--limit", "-n", help="Held-out test problems."),
     rounds: str = typer.Option("1,2,3", "--rounds"),
     modes: str = typer.Option("single,text,latent", "--modes"),
-    batch_size: int = typer.Option(50, "--batch-size"),
+    batch_size: int = typer.Option(200, "--batch-size", help="Problems decoded together; tiny agents batch cheaply."),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where records, summary.json, report.md and plots go."),
 ) -> None:
     """Run the bundled default in every mode and compare accuracy, tokens and time."""

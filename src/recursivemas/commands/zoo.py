@@ -1,9 +1,69 @@
-"""CLI commands: zoo."""
+"""CLI commands: zoo (build and measure the bundled tiny agents)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing registered yet."""
+    """Add the ``zoo`` sub-app: ``zoo build``, ``zoo eval`` and ``zoo table``."""
+    zoo = typer.Typer(no_args_is_help=True, help="The bundled tiny agents, pretrained from scratch on the arithmetic world.")
+
+    @zoo.command("build")
+    def build_cmd(
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the package's zoo_models/)."),
+        seed: int = typer.Option(0, "--seed", help="Seed for world data, tokenizers and pretraining."),
+        agents: Optional[str] = typer.Option(None, "--agents", help="Comma-separated subset of agents (default: all)."),
+        scale: float = typer.Option(1.0, "--scale", help="Multiply every agent's pretraining steps (e.g. 0.1 for a smoke build)."),
+        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Also write the world data used as JSONL here."),
+        workers: int = typer.Option(2, "--workers", help="Agents trained at once, one process and one torch thread each."),
+    ) -> None:
+        """Rebuild the zoo: world data, tokenizers, pretraining, evaluation, zoo_report.json."""
+        from transformers.utils import logging as hf_logging
+
+        from recursivemas.zoo.build import ZOO_DIR, build
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        names = [a.strip() for a in agents.split(",")] if agents else None
+        report = build(out or ZOO_DIR, seed, agents=names, steps_scale=scale, data_dir=data_dir, workers=workers,
+                       log=lambda s: typer.echo(s))
+        typer.echo(json.dumps({n: a["accuracy"] for n, a in report["agents"].items()}, indent=2))
+
+    @zoo.command("eval")
+    def eval_cmd(
+        path: Optional[Path] = typer.Option(None, "--path", help="Zoo folder (default: the package's zoo_models/)."),
+        n: int = typer.Option(200, "--n", help="Validation problems (2-3 steps)."),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Greedy accuracy of each zoo agent as solver/learner, alone and with gold upstream text."""
+        import torch
+
+        from recursivemas.world import generate
+        from recursivemas.zoo.build import ZOO_DIR, evaluate_agent, load_agent
+
+        torch.set_num_threads(2)
+        root = path or ZOO_DIR
+        agents = sorted(p.parent for p in root.glob("*/config.json"))
+        if not agents:
+            raise typer.BadParameter(f"no zoo agents under {root}; run `recursivemas zoo build` first")
+        records = generate("validation", n, seed, steps=(2, 3))
+        for agent in agents:
+            model, tok = load_agent(agent)
+            typer.echo(f"{agent.name}: {json.dumps({k: round(v, 3) for k, v in evaluate_agent(model, tok, records).items()})}")
+
+    @zoo.command("table")
+    def table_cmd(path: Optional[Path] = typer.Option(None, "--path", help="Zoo folder (default: the package's zoo_models/).")) -> None:
+        """Print the agents table of docs/zoo.md from the zoo's zoo_report.json."""
+        from recursivemas.zoo.build import REPORT, ZOO_DIR, report_markdown
+
+        file = (path or ZOO_DIR) / REPORT
+        if not file.is_file():
+            raise typer.BadParameter(f"{file} does not exist; run `recursivemas zoo build` first")
+        typer.echo(report_markdown(json.loads(file.read_text())))
+
+    app.add_typer(zoo, name="zoo")

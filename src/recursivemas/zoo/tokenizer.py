@@ -2,8 +2,9 @@
 
 Two chat formats and two vocabularies, so the zoo really is heterogeneous: only vectors
 cross between agents. Pre-tokenization keeps every digit, every newline and every
-punctuation mark its own piece (a space may lead a word), so arithmetic is digit by digit
-and a prompt tokenized whole or split at its slot markers gives the same tokens. Every
+run of punctuation its own piece (one space may lead a word, a digit or a run), so arithmetic
+is digit by digit and a prompt tokenized whole or split at its slot markers (which sit
+alone on their lines) gives the same tokens. Every
 printable ASCII character is in every vocabulary: no text is ever unknown.
 """
 
@@ -39,7 +40,7 @@ CHAT_FORMATS = {
 }
 
 ALPHABET = sorted(set(string.printable) - set("\x0b\x0c\r"))
-_PIECES = Regex(r" ?[A-Za-z]+|\d|[^\sA-Za-z\d]|\s")
+_PIECES = Regex(r" ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]+|\s")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_format: str) -> PreTrainedTokenizerFast:

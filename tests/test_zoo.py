@@ -1,0 +1,113 @@
+"""The bundled zoo: shipped agents load, still solve problems, fit the size budget; prompts match the roles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from recursivemas.world import generate
+from recursivemas.zoo.agents import AGENTS, DISTILLATION, SEQUENTIAL
+from recursivemas.zoo.build import REPORT, ZOO_DIR, dir_size, load_agent, tokenizer_corpus
+from recursivemas.zoo.pretrain import make_batch, role_accuracy
+from recursivemas.zoo.roles import ROLES, SLOT_RE, render_prompt
+from recursivemas.zoo.tokenizer import train_tokenizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "recursivemas" / "configs"
+# Regression guard for the shipped weights: greedy accuracy as solver alone (slots empty) on the
+# first N validation problems of 2-3 steps (seed 0). docs/zoo.md gives the measured values.
+N_EVAL = 40
+MIN_SOLVER_ALONE = {"llama-gqa": 0.5, "qwen-moe": 0.4, "gpt2-small": 0.1}  # shipped: 0.89, 0.93, 0.17 (200 problems)
+SIZE_LIMIT = 16_000_000  # the whole bundled default, links included
+ZOO_LIMIT = 12_500_000  # the zoo alone
+
+built = [name for name in AGENTS if (ZOO_DIR / name / "config.json").is_file()]
+needs_zoo = pytest.mark.skipif(
+    len(built) < len(AGENTS), reason=f"zoo not built under {ZOO_DIR} (run `recursivemas zoo build`); found {built or 'none'}"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizers():
+    corpus = tokenizer_corpus(generate("train", 60, seed=0))
+    return [train_tokenizer(corpus, 160, "tags"), train_tokenizer(corpus, 128, "chatml")]
+
+
+def test_tokenizers_round_trip_and_split_at_slots(tiny_tokenizers) -> None:
+    rec = generate("validation", 1, seed=0)[0]
+    for tok in tiny_tokenizers:
+        assert tok.chat_template and tok.eos_token and tok.pad_token_id is not None
+        for role in ROLES.values():
+            for fill in (None, role.gold_fill(rec)):
+                text = render_prompt(tok, role, rec, fill) + rec[role.target] + tok.eos_token
+                assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
+            # Tokenizing the prompt whole (empty slots) or in pieces split at the markers gives the same ids,
+            # so the engine's latent-mode splicing sees the tokens the agent was trained on.
+            marker = "\x00SLOT\x00"
+            rendered = render_prompt(tok, role, rec, {s: marker for s in role.slots})
+            whole = tok(rendered.replace(marker, ""), add_special_tokens=False).input_ids
+            pieces = [i for piece in rendered.split(marker) for i in tok(piece, add_special_tokens=False).input_ids]
+            assert whole == pieces, role.name
+
+
+def test_batch_weights() -> None:
+    ids, w = make_batch([([5, 6, 7, 8], 2), ([5, 6], 1)], pad_id=0, max_len=16)
+    assert ids.tolist() == [[5, 6, 7, 8], [5, 6, 0, 0]]
+    # predicting 7 and 8 (targets) weighs 1, predicting 6 (prompt) less, padding nothing.
+    assert w[0].tolist()[1:] == [1.0, 1.0] and 0 < w[0, 0] < 1
+    assert w[1].tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["sequential", "distillation"])
+def test_bundled_systems_use_the_role_prompts(name: str) -> None:
+    from recursivemas.config import load_config
+
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    roles = {"sequential": SEQUENTIAL, "distillation": DISTILLATION}[name]
+    assert set(cfg.agents) == set(roles)
+    for agent, spec in cfg.agents.items():
+        role = ROLES[agent]
+        assert spec.prompt == role.prompt and spec.system_prompt == role.system_prompt and spec.target == role.target
+        assert set(SLOT_RE.findall(spec.prompt)) == set(role.slots)
+        assert Path(spec.model).name == roles[agent]
+        assert (CONFIGS / spec.model).resolve().parent == ZOO_DIR
+
+
+@needs_zoo
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_shipped_agent_loads_and_solves(name: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = ZOO_DIR / name
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == AGENTS[name].family and model.dtype == torch.float32
+    assert tok.chat_template and tok.eos_token_id == model.config.eos_token_id
+    model, tok = load_agent(path)
+    records = generate("validation", N_EVAL, seed=0, steps=(2, 3))
+    acc = role_accuracy(model, tok, records, "solver")
+    assert acc >= MIN_SOLVER_ALONE[name], f"{name} solves {acc:.2f} of {N_EVAL} alone, below {MIN_SOLVER_ALONE[name]}"
+
+
+@needs_zoo
+def test_shipped_zoo_size() -> None:
+    total = sum(dir_size(ZOO_DIR / name) for name in AGENTS)
+    assert total <= ZOO_LIMIT, f"zoo is {total / 1e6:.2f} MB"
+    bundled = total + sum(f.stat().st_size for f in CONFIGS.rglob("*") if f.is_file())
+    assert bundled <= SIZE_LIMIT, f"bundled default is {bundled / 1e6:.2f} MB"
+    report = json.loads((ZOO_DIR / REPORT).read_text())
+    assert set(report["agents"]) == set(AGENTS)
+    # Heterogeneous: three families, three widths, two tokenizers.
+    assert len({a.family for a in AGENTS.values()}) == 3
+    assert len({a.hidden_size for a in AGENTS.values()}) == 3
+    assert len({a.tokenizer for a in AGENTS.values()}) == 2
