@@ -66,4 +66,21 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{file} does not exist; run `recursivemas zoo build` first")
         typer.echo(report_markdown(json.loads(file.read_text())))
 
+    @zoo.command("links")
+    def links_cmd(
+        system: str = typer.Option("sequential", "--system", help="Bundled system whose links to train: sequential or distillation."),
+        steps: int = typer.Option(120, "--steps", help="Outer-loop steps."),
+        inner_steps: int = typer.Option(80, "--inner-steps", help="Inner-loop steps."),
+        records: int = typer.Option(480, "--records", help="World training problems."),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Train a bundled system's links on the world's train split and ship them beside its system file."""
+        import torch
+
+        from recursivemas.bundle import train_bundled_links
+
+        torch.set_num_threads(1)  # tiny agents: one thread is fastest, and robust on a busy machine
+        summary = train_bundled_links(system, steps=steps, inner_steps=inner_steps, records=records, seed=seed)
+        typer.echo(f"trained {system} links in {summary['train_seconds']:.0f}s")
+
     app.add_typer(zoo, name="zoo")
