@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench paper clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+paper: $(STAMP)
+	$(VENV)/bin/recursivemas report
+
 bench: $(STAMP)
 	$(PY) bench/rollout.py
 	$(PY) bench/latent_vs_text.py
+	$(PY) bench/train_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
