@@ -7,7 +7,7 @@ import importlib
 import typer
 
 # Modules are registered in this order; each owns its own commands.
-_MODULES = ("run", "demo", "eval", "train", "zoo", "tools", "serve")
+_MODULES = ("run", "demo", "report", "eval", "train", "zoo", "tools", "serve")
 
 
 def register_all(app: typer.Typer) -> None:

@@ -1,0 +1,148 @@
+"""`recursivemas report` (recursivemas.paper): a smoke run on tiny agents, every section present, m and rounds
+chosen on the validation split only, and a rerun that resumes instead of redoing the work."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from recursivemas.eval.harness import read_records
+from recursivemas.eval.tune import pick
+from recursivemas.paper import BUDGETS, choose_on_validation, run_report
+
+SECTIONS = {
+    "## (a) Accuracy by rounds, latent vs text": ["rounds", "text MAS", "RecursiveMAS", "delta (points)", "speed-up",
+                                                  "token saving"],
+    "## (b) Trained vs untrained links": ["links", "test accuracy"],
+    "## (c) Latent length m": ["m", "validation accuracy", "test accuracy"],
+    "## (d) RecursiveMAS links vs LoRA vs full fine-tuning": ["method", "optimizer steps", "trainable params",
+                                                              "peak train memory (MiB)", "train time", "test accuracy"],
+    "## (e) Teacher-forced vs rollout-consistent outer training": ["outer loop on", "held-out CE, teacher latents",
+                                                                   "held-out CE, rollout latents", "test accuracy"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_agents, tmp_path_factory):
+    """One smoke run of the whole pipeline on a tiny heterogeneous sequential system."""
+    root = tmp_path_factory.mktemp("paper")
+    roles = {"planner": ("llama", "Question: {question}\n<<FEEDBACK>>\nWrite a plan."),
+             "critic": ("qwen2", "Question: {question}\nPlan: <<PLAN>>\nImprove the plan."),
+             "solver": ("gpt2", "Question: {question}\nRefined plan: <<REFINED_PLAN>>\nSolve it.")}
+    config = {"name": "tiny-sequential", "pattern": "sequential", "rounds": 2, "latent_steps": 2,
+              "agents": {role: {"model": tiny_agents[model], "prompt": prompt} for role, (model, prompt) in roles.items()},
+              "generation": {"max_new_tokens": 4, "handoff_max_new_tokens": 3}}
+    system = root / "system.yaml"
+    system.write_text(yaml.safe_dump(config))
+    out, work = root / "docs", root / "work"
+    t0 = time.perf_counter()
+    path = run_report(system, out, budget="smoke", work_dir=work, progress=False, log=lambda s: None)
+    first = time.perf_counter() - t0
+    return {"path": path, "out": out, "work": work, "system": system, "first_s": first,
+            "results": json.loads((out / "results" / "results.json").read_text())}
+
+
+def _table_header(text: str, section: str) -> str:
+    body = text.split(section, 1)[1]
+    return next(line for line in body.splitlines() if line.startswith("| "))
+
+
+def test_every_section_with_its_columns_and_plots(smoke):
+    text = smoke["path"].read_text()
+    assert smoke["path"] == smoke["out"] / "results.md"
+    for section, columns in SECTIONS.items():
+        assert section in text, section
+        header = [c.strip() for c in _table_header(text, section).strip("|").split("|")]
+        for col in columns:
+            assert col in header, (section, col, header)
+        assert "does not hold here" in text.split(section, 1)[1] or "holds here" in text.split(section, 1)[1]
+    for png in ("a_rounds.png", "b_links.png", "c_latent_length.png", "d_methods.png", "e_latent_source.png"):
+        assert (smoke["out"] / "results" / png).stat().st_size > 1000
+        assert f"(results/{png})" in text
+    assert "## Stage timings" in text and "**total**" in text
+    res = smoke["results"]
+    assert [row["method"] for row in res["d"]["rows"]][:3] == ["RecursiveMAS (links)", "LoRA (decoder)", "Full FT (decoder)"]
+    steps = {row["method"]: row["steps"] for row in res["d"]["rows"]}
+    assert steps["LoRA (decoder)"] == steps["Full FT (decoder)"] == steps["RecursiveMAS (links)"]  # same step budget
+    assert {row["source"] for row in res["e"]["rows"]} == {"teacher", "rollout"}
+    assert {row["label"] for row in res["b"]["rows"]} == {"untrained", "teacher"}
+    assert [row["rounds"] for row in res["a"]["rows"]] == list(BUDGETS["smoke"].rounds_grid)
+    assert set(res["timings"]) >= {"train: inner loop", "(c) validation sweep: m x rounds", "(a) test: rounds, latent vs text"}
+
+
+def test_m_and_rounds_are_chosen_on_validation_only(smoke):
+    text, res, work = smoke["path"].read_text(), smoke["results"], smoke["work"]
+    assert "m and rounds were chosen on the validation split only" in text
+    val = read_records(work / "records" / "validation_teacher.jsonl")
+    assert val and {r["split"] for r in val} == {"validation"}
+    grid = {(g["latent_steps"], g["rounds"]): g["accuracy"] for g in res["validation_grid"]}
+    spec = BUDGETS["smoke"]
+    assert set(grid) == {(m, r) for m in spec.m_grid for r in spec.rounds_grid}
+    # m = 0 passes nothing (not a RecursiveMAS setting): the choice is the validation argmax over m >= 1
+    best = pick([{"latent_steps": m, "rounds": r, "accuracy": a} for (m, r), a in grid.items() if m > 0])
+    assert (res["chosen"]["latent_steps"], res["chosen"]["rounds"]) == (best["latent_steps"], best["rounds"])
+    assert res["chosen"]["accuracy"] == max(a for (m, _), a in grid.items() if m > 0)
+    # every later test-split evaluation uses the chosen values
+    test = [r for f in (work / "records").glob("test_*.jsonl") for r in read_records(f)]
+    assert test and {r["split"] for r in test} == {"test"}
+    for label in ("untrained", "rollout"):
+        recs = read_records(work / "records" / f"test_{label}.jsonl")
+        assert {(r["latent_steps"], r["rounds"]) for r in recs} == {(best["latent_steps"], best["rounds"])}
+    # the choosing function refuses anything but validation records
+    with pytest.raises(ValueError, match="validation split only"):
+        choose_on_validation(val + test[:1])
+
+
+def test_choice_ignores_test_accuracy():
+    """A configuration that wins on test but loses on validation is not chosen."""
+    def rec(split, m, r, correct):
+        return {"split": split, "mode": "latent", "latent_steps": m, "rounds": r, "correct": correct}
+
+    val = [rec("validation", 4, 1, True), rec("validation", 8, 1, False), rec("validation", 8, 2, False),
+           rec("validation", 0, 1, True), rec("validation", 0, 2, True)]
+    chosen = choose_on_validation(val)
+    assert (chosen["latent_steps"], chosen["rounds"]) == (4, 1)  # m = 0 is the reference, never the choice
+    assert chosen["best_any_m"]["latent_steps"] == 0
+    with pytest.raises(ValueError):
+        choose_on_validation(val + [rec("test", 8, 1, True), rec("test", 8, 1, True)])
+
+
+def test_rerun_resumes(smoke):
+    t0 = time.perf_counter()
+    run_report(smoke["system"], smoke["out"], budget="smoke", work_dir=smoke["work"], progress=False, log=lambda s: None)
+    again = time.perf_counter() - t0
+    assert again < smoke["first_s"]
+    lines = (smoke["work"] / "records" / "test_teacher.jsonl").read_text().splitlines()
+    assert len(lines) == len({(json.loads(x)["id"], json.loads(x)["mode"], json.loads(x)["rounds"],
+                               json.loads(x)["latent_steps"]) for x in lines})  # nothing evaluated twice
+
+
+def test_cli_rejects_unknown_budget(tmp_path):
+    from recursivemas.commands import report
+
+    app = typer.Typer()
+    report.register(app)
+    app.command("noop")(lambda: None)  # two commands, so the command name is required as on the real CLI
+    result = CliRunner().invoke(app, ["report", "--budget", "huge", "--system", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "unknown budget" in result.output
+
+
+def test_one_run_per_work_dir(tmp_path):
+    import os
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "lock").write_text(str(os.getpid()))  # a live process holds it
+    with pytest.raises(RuntimeError, match="in use by report run"):
+        run_report(tmp_path / "system.yaml", tmp_path / "docs", budget="smoke", work_dir=work, log=lambda s: None)
+    (work / "lock").write_text("999999999")  # a dead one: the lock is taken over (then the missing system file fails)
+    with pytest.raises(Exception) as err:
+        run_report(tmp_path / "system.yaml", tmp_path / "docs", budget="smoke", work_dir=work, log=lambda s: None)
+    assert "in use" not in str(err.value)
+    assert not (work / "lock").exists()
