@@ -34,8 +34,7 @@ SEQUENTIAL_PROMPTS = {
 }
 
 
-@pytest.fixture
-def sequential_config(tiny_agents, tmp_path) -> dict:
+def make_sequential_config(tiny_agents: dict[str, str], base_dir) -> dict:
     """A heterogeneous sequential system: Llama planner, Qwen2-MoE critic, GPT-2 solver."""
     models = {"planner": "llama", "critic": "qwen2_moe", "solver": "gpt2"}
     return {
@@ -48,8 +47,13 @@ def sequential_config(tiny_agents, tmp_path) -> dict:
         "rounds": 2,
         "latent_steps": 4,
         "generation": {"max_new_tokens": 6, "handoff_max_new_tokens": 5},
-        "base_dir": str(tmp_path),
+        "base_dir": str(base_dir),
     }
+
+
+@pytest.fixture
+def sequential_config(tiny_agents, tmp_path) -> dict:
+    return make_sequential_config(tiny_agents, tmp_path)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import SEQUENTIAL_PROMPTS
+from conftest import make_sequential_config
 from fastapi.testclient import TestClient
 
 from recursivemas import System
@@ -26,19 +26,7 @@ QUESTION = "What is 2 + 3?"
 @pytest.fixture(scope="module")
 def config(tiny_agents, tmp_path_factory) -> dict:
     """The conftest sequential system (Llama planner, Qwen2-MoE critic, GPT-2 solver), shared by this module."""
-    models = {"planner": "llama", "critic": "qwen2_moe", "solver": "gpt2"}
-    return {
-        "name": "tiny-sequential",
-        "pattern": "sequential",
-        "agents": {
-            role: {"model": tiny_agents[models[role]], "prompt": prompt, "system_prompt": f"You are the {role}."}
-            for role, prompt in SEQUENTIAL_PROMPTS.items()
-        },
-        "rounds": 2,
-        "latent_steps": 4,
-        "generation": {"max_new_tokens": 6, "handoff_max_new_tokens": 5},
-        "base_dir": str(tmp_path_factory.mktemp("serve")),
-    }
+    return make_sequential_config(tiny_agents, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
