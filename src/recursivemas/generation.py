@@ -93,8 +93,8 @@ class DecodeSession:
         for step in range(max_new_tokens):
             token = sample_next(self._logits, temperature, top_p, generator)
             token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
-            for row, t in enumerate(token.tolist()):
-                if not done[row]:
+            for row, (t, finished) in enumerate(zip(token.tolist(), done.tolist())):
+                if not finished:
                     out[row].append(t)
             done |= torch.isin(token, eos)
             if stop is not None:
