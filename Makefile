@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench paper clean
+.PHONY: install demo demo-patterns test bench paper clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/recursivemas demo
+
+# The other bundled patterns (mixture, distillation, deliberation), 100 test problems each: about 12 minutes.
+demo-patterns: $(STAMP)
+	for name in distillation mixture deliberation; do $(VENV)/bin/recursivemas demo --bundled $$name -n 100 --out runs/demo-$$name || exit 1; done
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recursivemas.world import generate
-from recursivemas.zoo.agents import AGENTS, DISTILLATION, SEQUENTIAL
+from recursivemas.zoo.agents import AGENTS, BASE_AGENTS, BUNDLED_ROLES
 from recursivemas.zoo.build import REPORT, ZOO_DIR, dir_size, load_agent, tokenizer_corpus
 from recursivemas.zoo.pretrain import make_batch, role_accuracy
 from recursivemas.zoo.roles import ROLES, SLOT_RE, render_prompt
@@ -18,9 +18,10 @@ from recursivemas.zoo.tokenizer import train_tokenizer
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "recursivemas" / "configs"
 # Regression guard for the shipped weights: greedy accuracy as solver alone (slots empty) on the
 # first N validation problems of 2-3 steps (seed 0). docs/zoo.md gives the measured values.
-N_EVAL = 40
-MIN_SOLVER_ALONE = {"llama-gqa": 0.5, "qwen-moe": 0.4, "gpt2-small": 0.1}  # shipped: 0.89, 0.93, 0.17 (200 problems)
-SIZE_LIMIT = 16_000_000  # the whole bundled default, links included
+N_EVAL = 24
+# Measured at build time on these 24 (seed 0): llama-gqa 22, qwen-moe 17, gpt2-small 18.
+MIN_SOLVER_ALONE = {"llama-gqa": 0.7, "qwen-moe": 0.5, "gpt2-small": 0.55}
+SIZE_LIMIT = 16_000_000  # every bundled system: all zoo agents plus all configs and links
 ZOO_LIMIT = 12_500_000  # the zoo alone
 
 built = [name for name in AGENTS if (ZOO_DIR / name / "config.json").is_file()]
@@ -32,7 +33,7 @@ needs_zoo = pytest.mark.skipif(
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
     old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
+    torch.set_num_threads(1)  # small models: one thread is as fast, and much faster on a busy machine
     yield
     torch.set_num_threads(old)
 
@@ -68,12 +69,12 @@ def test_batch_weights() -> None:
     assert w[1].tolist() == [1.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("name", ["sequential", "distillation"])
+@pytest.mark.parametrize("name", list(BUNDLED_ROLES))
 def test_bundled_systems_use_the_role_prompts(name: str) -> None:
     from recursivemas.config import load_config
 
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    roles = {"sequential": SEQUENTIAL, "distillation": DISTILLATION}[name]
+    roles = BUNDLED_ROLES[name]
     assert set(cfg.agents) == set(roles)
     for agent, spec in cfg.agents.items():
         role = ROLES[agent]
@@ -84,7 +85,7 @@ def test_bundled_systems_use_the_role_prompts(name: str) -> None:
 
 
 @needs_zoo
-@pytest.mark.parametrize("name", list(AGENTS))
+@pytest.mark.parametrize("name", BASE_AGENTS)  # the role specialists: tests/test_bundled_patterns.py
 def test_shipped_agent_loads_and_solves(name: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,7 +96,7 @@ def test_shipped_agent_loads_and_solves(name: str) -> None:
     assert tok.chat_template and tok.eos_token_id == model.config.eos_token_id
     model, tok = load_agent(path)
     records = generate("validation", N_EVAL, seed=0, steps=(2, 3))
-    acc = role_accuracy(model, tok, records, "solver")
+    acc = role_accuracy(model, tok, records, "solver", max_new_tokens=40)
     assert acc >= MIN_SOLVER_ALONE[name], f"{name} solves {acc:.2f} of {N_EVAL} alone, below {MIN_SOLVER_ALONE[name]}"
 
 
@@ -107,7 +108,8 @@ def test_shipped_zoo_size() -> None:
     assert bundled <= SIZE_LIMIT, f"bundled default is {bundled / 1e6:.2f} MB"
     report = json.loads((ZOO_DIR / REPORT).read_text())
     assert set(report["agents"]) == set(AGENTS)
-    # Heterogeneous: three families, three widths, two tokenizers.
-    assert len({a.family for a in AGENTS.values()}) == 3
-    assert len({a.hidden_size for a in AGENTS.values()}) == 3
-    assert len({a.tokenizer for a in AGENTS.values()}) == 2
+    # Heterogeneous: the base three are three families, three widths, two tokenizers.
+    base = [AGENTS[n] for n in BASE_AGENTS]
+    assert len({a.family for a in base}) == 3
+    assert len({a.hidden_size for a in base}) == 3
+    assert len({a.tokenizer for a in base}) == 2

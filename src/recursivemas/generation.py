@@ -83,28 +83,35 @@ class DecodeSession:
         """Sample up to ``max_new_tokens`` per row, stopping rows at an end-of-sequence token.
 
         ``stop(row_ids) -> bool`` may end a row early (used for tool-call closing tags). Returned ids
-        include a final end-of-sequence token when one was produced.
+        include a final end-of-sequence token when one was produced. Rows leave the batch as they finish,
+        so a session of more than one row is done after ``sample``.
         """
         batch = self._logits.shape[0]
         device = self._logits.device
         eos = torch.tensor(sorted(self.eos_token_ids), device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        live = list(range(batch))  # the original row of each row still in the cache
         out: list[list[int]] = [[] for _ in range(batch)]
         for step in range(max_new_tokens):
             token = sample_next(self._logits, temperature, top_p, generator)
-            token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
-            for row, (t, finished) in enumerate(zip(token.tolist(), done.tolist())):
-                if not finished:
-                    out[row].append(t)
-            done |= torch.isin(token, eos)
+            for row, t in zip(live, token.tolist()):
+                out[row].append(t)
+            finished = torch.isin(token, eos)
             if stop is not None:
-                done |= torch.tensor([bool(out[r]) and stop(out[r]) for r in range(batch)], device=device)
-            if bool(done.all()) or step + 1 == max_new_tokens:
+                finished |= torch.tensor([stop(out[row]) for row in live], device=device)
+            if bool(finished.all()) or step + 1 == max_new_tokens:
                 self._unfed = [int(token[0])] if batch == 1 else []
                 break
-            # finished rows keep feeding pads (batch shapes stay fixed) but are not counted as work
-            ones = torch.ones(batch, 1, dtype=torch.long, device=device)
-            self._forward(ones, counted=(~done).long().tolist(), input_ids=token.unsqueeze(1))
+            if bool(finished.any()):
+                # Drop finished rows from the batch and its cache: a long message no longer makes every
+                # short one pay for its steps. A batch of one never shrinks, so `feed` can follow it.
+                keep = (~finished).nonzero().squeeze(1)
+                self._cache.batch_select_indices(keep)
+                self._mask, self._pos, token = self._mask[keep], self._pos[keep], token[keep]
+                live = [live[k] for k in keep.tolist()]
+            counted = [0] * batch
+            for row in live:
+                counted[row] = 1
+            self._forward(torch.ones(len(live), 1, dtype=torch.long, device=device), counted=counted, input_ids=token.unsqueeze(1))
         return out
 
 

@@ -12,6 +12,11 @@ Each record carries a target for every role a bundled system uses:
 - ``solution``: worked arithmetic, one equation a line, ending ``#### <n>`` (solver/learner).
 - ``expert``: a longer worked solution that names each step and its unit, ending ``#### <n>`` (distillation expert).
 - ``answer``: the final number alone, as a string (what :func:`grade` compares against).
+- ``<domain>_notes`` for each of ``DOMAINS`` (mixture experts): the ``solution`` when the problem is in
+  that domain, else ``Not a <domain> problem.``; a domain expert solves its own domain and declines others.
+- ``program``: the chain as a short Python program (``x = 6`` / ``x = x // 2`` / ... / ``print(x)``).
+- ``tool_call``: the deliberation tool-caller's transcript: ``<python>`` program ``</python>``, the
+  ``<result>`` block the engine appends (exactly ``recursivemas.tools.loop.format_result``), ``#### <n>``.
 
 Splits are disjoint by construction: a problem belongs to the split that a hash of its
 arithmetic signature (domain, start value, operations) picks, so a test question never
@@ -79,6 +84,7 @@ _PLAN_WORDS = {"add": "add {x}", "sub": "subtract {x}", "mul": "multiply by {x}"
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _LETTERS = "ABCDE"
 _OP_WEIGHTS = {"add": 0.35, "sub": 0.3, "mul": 0.2, "div": 0.15}
+_PYTHON_OP = {"add": "+", "sub": "-", "mul": "*", "div": "//"}  # exact division, so print shows an integer
 
 
 def _apply(op: str, a: int, x: int) -> int:
@@ -139,19 +145,30 @@ def _render(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str
     sentences.append(story["ask"].format(**fill))
     expert.append(f"The answer is {total}.")
     final = f"#### {total}"
+    solution_text = "\n".join(solution) + "\n" + final
     return {
         "id": rid,
         "question": " ".join(sentences),
         "answer": str(total),
         "plan": "; ".join(plan),
         "refined_plan": "\n".join(refined) + f"\nanswer = {_LETTERS[len(ops) - 1]}",
-        "solution": "\n".join(solution) + "\n" + final,
+        "solution": solution_text,
         "expert": "\n".join(expert) + "\n" + final,
         "domain": domain,
         "steps": len(ops),
         "ops": [[op, x] for op, x in ops],
         "start": start,
+        # Pattern targets below are pure functions of the fields above: no rng draws, so every
+        # field above stays identical for a given seed.
+        **{f"{d}_notes": solution_text if d == domain else f"Not a {d} problem." for d in DOMAINS},
+        "program": (program := _program(start, ops)),
+        "tool_call": f"<python>\n{program}\n</python>\n<result>\n{total}\n</result>\n{final}",
     }
+
+
+def _program(start: int, ops: Sequence[tuple[str, int]]) -> str:
+    """The chain as a Python program, one statement per operation (a tiny model writes it left to right)."""
+    return "\n".join([f"x = {start}", *(f"x = x {_PYTHON_OP[op]} {x}" for op, x in ops), "print(x)"])
 
 
 def generate(

@@ -57,7 +57,8 @@ def demo(
     note = f"System `{path}`; {limit} held-out test problems; latent steps m = {loaded.config.latent_steps}" + (
         f" (tuned on {loaded.config.tuned_on})." if loaded.config.tuned_on else "."
     )
-    report = write_report(records, out, title="RecursiveMAS demo: the bundled default", note=note)
+    title = f"RecursiveMAS demo: {loaded.config.name}" + ("" if system else f" (bundled {name} system)")
+    report = write_report(records, out, title=title, note=note)
     summary = {"system": str(path), "problems": limit, "groups": summarize(records), "vs_text": compare_to_text(records)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console.print(Markdown(report.read_text().split("## Plots")[0]))

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         from recursivemas.world import generate
         from recursivemas.zoo.build import ZOO_DIR, evaluate_agent, load_agent
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a shared CPU
         root = path or ZOO_DIR
         agents = sorted(p.parent for p in root.glob("*/config.json"))
         if not agents:
@@ -68,19 +68,25 @@ def register(app: typer.Typer) -> None:
 
     @zoo.command("links")
     def links_cmd(
-        system: str = typer.Option("sequential", "--system", help="Bundled system whose links to train: sequential or distillation."),
-        steps: int = typer.Option(120, "--steps", help="Outer-loop steps."),
+        system: str = typer.Option("sequential,distillation", "--system",
+                                   help="Comma-separated bundled systems whose links to train (sequential, distillation, mixture, deliberation)."),
+        steps: int = typer.Option(300, "--steps", help="Outer-loop steps."),
         inner_steps: int = typer.Option(80, "--inner-steps", help="Inner-loop steps."),
         records: int = typer.Option(480, "--records", help="World training problems."),
+        latent_source: str = typer.Option("rollout", "--latent-source", help="Outer-loop latents: rollout, teacher or mixed (docs/training.md)."),
+        workers: int = typer.Option(2, "--workers", help="Systems trained at once, one process and one torch thread each."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
-        """Train a bundled system's links on the world's train split and ship them beside its system file."""
-        import torch
+        """Train bundled systems' links on the world's train split and ship them beside their system files."""
+        from recursivemas.bundle import train_bundled
 
-        from recursivemas.bundle import train_bundled_links
-
-        torch.set_num_threads(1)  # tiny agents: one thread is fastest, and robust on a busy machine
-        summary = train_bundled_links(system, steps=steps, inner_steps=inner_steps, records=records, seed=seed)
-        typer.echo(f"trained {system} links in {summary['train_seconds']:.0f}s")
+        names = [n.strip() for n in system.split(",") if n.strip()]
+        try:
+            seconds = train_bundled(names, workers=workers, steps=steps, inner_steps=inner_steps, records=records, seed=seed,
+                                    latent_source=latent_source)
+        except FileNotFoundError as err:
+            raise typer.BadParameter(str(err), param_hint="--system") from None
+        for name, s in seconds.items():
+            typer.echo(f"trained {name} links in {s:.0f}s")
 
     app.add_typer(zoo, name="zoo")

@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-# name -> (vocab_size, chat format). "bpe384" and "bpe256" are BPE over printable ASCII trained on world text.
-TOKENIZERS: dict[str, tuple[int, str]] = {"bpe384": (384, "tags"), "bpe256": (256, "chatml")}
+# name -> (vocab_size, chat format): BPE over printable ASCII trained on world text.
+TOKENIZERS: dict[str, tuple[int, str]] = {"bpe384": (384, "tags"), "bpe320": (320, "chatml")}
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,12 @@ class AgentSpec:
     lr: float = 3e-3
     batch_size: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
+    # Role specialists (mixture, deliberation) learn only their own roles: role -> draw weight.
+    # None: every base role with pretrain.ROLE_WEIGHTS (the first three agents).
+    roles: dict[str, float] | None = None
+    drill: float = 1.0  # arithmetic-drill draw weight, on the scale of `roles`
+    domain: str | None = None  # a domain expert trains on this world domain...
+    off_domain_share: float = 0.0  # ...plus this share of other-domain problems (to learn to decline them)
 
     def config(self, vocab_size: int, eos_id: int, pad_id: int, max_positions: int = 640) -> PretrainedConfig:
         """The model config of this agent (tied embeddings, no dropout)."""
@@ -48,11 +54,11 @@ AGENTS: dict[str, AgentSpec] = {
     a.name: a
     for a in (
         AgentSpec(
-            "llama-gqa", "llama", "bpe384", hidden_size=160, num_layers=4, steps=1500,
+            "llama-gqa", "llama", "bpe384", hidden_size=160, num_layers=4, steps=1700,
             extra=dict(num_attention_heads=4, num_key_value_heads=2, head_dim=40, intermediate_size=448),
         ),
         AgentSpec(
-            "qwen-moe", "qwen2_moe", "bpe256", hidden_size=128, num_layers=3, steps=1300,
+            "qwen-moe", "qwen2_moe", "bpe320", hidden_size=128, num_layers=3, steps=1100,
             extra=dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, intermediate_size=256,
                        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=192,
                        shared_expert_intermediate_size=192, norm_topk_prob=True, router_aux_loss_coef=0.01),
@@ -64,6 +70,31 @@ AGENTS: dict[str, AgentSpec] = {
     )
 }
 
+# Role specialists for the mixture and deliberation systems, appended so the seeds of the first three
+# (derived from their position here) never change. Small on purpose: 16 MB caps everything shipped.
+_SMALL = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=192)
+_MEDIUM = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=24, intermediate_size=256)
+AGENTS.update({
+    a.name: a
+    for a in (
+        AgentSpec("money-llama", "llama", "bpe384", hidden_size=64, num_layers=2, steps=1600, extra=_SMALL,
+                  roles={"money": 1.0}, domain="money", off_domain_share=0.2),
+        AgentSpec("counting-mistral", "mistral", "bpe320", hidden_size=64, num_layers=2, steps=1600, extra=_SMALL,
+                  roles={"counting": 1.0}, domain="counting", off_domain_share=0.2),
+        AgentSpec("time-qwen3", "qwen3", "bpe384", hidden_size=64, num_layers=2, steps=1600, extra=_SMALL,
+                  roles={"time": 1.0}, domain="time", off_domain_share=0.2),
+        # Writes the program and copies the tool's result; drill is light: with the tool it never computes.
+        # (Not qwen2: AutoTokenizer loads a qwen2 model's tokenizer as Qwen2Tokenizer, another pre-tokenizer.)
+        AgentSpec("toolcaller-qwen3", "qwen3", "bpe384", hidden_size=96, num_layers=3, steps=2400, extra=_MEDIUM,
+                  roles={"tool_caller": 1.0}, drill=0.3),
+    )
+})
+BASE_AGENTS = ("llama-gqa", "qwen-moe", "gpt2-small")  # pretrained on every base role
+
 # Which zoo agent plays which role in the bundled systems.
 SEQUENTIAL = {"planner": "qwen-moe", "critic": "gpt2-small", "solver": "llama-gqa"}
 DISTILLATION = {"expert": "llama-gqa", "learner": "gpt2-small"}
+# The summarizer is the zoo's strongest solver in its learner role (a new 96-wide summarizer solved 8.5%; docs/zoo.md).
+MIXTURE = {"money": "money-llama", "counting": "counting-mistral", "time": "time-qwen3", "summarizer": "llama-gqa"}
+DELIBERATION = {"reflector": "qwen-moe", "tool_caller": "toolcaller-qwen3"}
+BUNDLED_ROLES = {"sequential": SEQUENTIAL, "distillation": DISTILLATION, "mixture": MIXTURE, "deliberation": DELIBERATION}

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recursivemas.world import generate, write_jsonl
-from recursivemas.zoo.agents import AGENTS, TOKENIZERS
-from recursivemas.zoo.pretrain import pretrain, role_accuracy
-from recursivemas.zoo.roles import ROLES
+from recursivemas.world import DOMAINS, generate, write_jsonl
+from recursivemas.zoo.agents import AGENTS, TOKENIZERS, AgentSpec
+from recursivemas.zoo.pretrain import generate_texts, pretrain, role_accuracy
+from recursivemas.zoo.roles import BASE_ROLES, ROLES, render_prompt
 from recursivemas.zoo.tokenizer import train_tokenizer
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo_models"  # where the bundled zoo ships
@@ -44,7 +44,8 @@ def world_data(seed: int) -> dict[str, list[dict[str, Any]]]:
 
 def tokenizer_corpus(records: Sequence[dict[str, Any]]) -> list[str]:
     """Role texts (prompts with gold slots, system prompts, targets) plus the chat-template role names."""
-    texts = [r.system_prompt + "\n" + r.user_prompt(rec, r.gold_fill(rec)) + "\n" + rec[r.target] for rec in records for r in ROLES.values()]
+    roles = [ROLES[name] for name in BASE_ROLES]  # fixed: new roles must not change a rebuilt tokenizer
+    texts = [r.system_prompt + "\n" + r.user_prompt(rec, r.gold_fill(rec)) + "\n" + rec[r.target] for rec in records for r in roles]
     return texts + ["system\nuser\nassistant\n"] * 100
 
 
@@ -82,6 +83,39 @@ def evaluate_agent(model, tokenizer, records: Sequence[dict[str, Any]]) -> dict[
     }
 
 
+def train_records(spec: AgentSpec, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records an agent pretrains on: all of them, or a domain expert's domain plus a share of the others."""
+    if spec.domain is None:
+        return list(records)
+    own = [r for r in records if r["domain"] == spec.domain]
+    other = [r for r in records if r["domain"] != spec.domain]
+    n_other = round(len(own) * spec.off_domain_share / (1 - spec.off_domain_share))
+    return own + other[:n_other]
+
+
+def evaluate_specialist(spec: AgentSpec, model, tokenizer, seed: int) -> dict[str, float]:
+    """Greedy accuracy of a role specialist in its own roles (validation problems of 2-3 steps)."""
+    from recursivemas.zoo.tooluse import tool_accuracy
+
+    records = generate("validation", EVAL_N, seed, steps=(2, 3))
+    out: dict[str, float] = {}
+    for role in spec.roles or {}:
+        if role in DOMAINS:  # solve its own domain; decline the others (never claim an answer there)
+            own = generate("validation", EVAL_N, seed, steps=(2, 3), domains=role)
+            out[f"{role}_own_domain"] = role_accuracy(model, tokenizer, own, role)
+            other = [r for r in records if r["domain"] != role][:60]
+            texts = generate_texts(model, tokenizer, [render_prompt(tokenizer, ROLES[role], r) for r in other], 24)
+            out[f"{role}_declines_other"] = sum(t.strip() == r[f"{role}_notes"] for t, r in zip(texts, other)) / len(other)
+        elif role == "tool_caller":
+            out["tool_caller_with_tool"] = tool_accuracy(model, tokenizer, records, use_tool=True)
+            out["tool_caller_no_tool"] = tool_accuracy(model, tokenizer, records, use_tool=False)
+            out["tool_caller_gold_plan_with_tool"] = tool_accuracy(model, tokenizer, records, use_tool=True, gold=True)
+        else:
+            out[f"{role}_alone"] = role_accuracy(model, tokenizer, records, role)
+            out[f"{role}_gold"] = role_accuracy(model, tokenizer, records, role, gold=True)
+    return out
+
+
 def build_agent(name: str, out_dir: str, tokenizer_dir: str, seed: int, steps_scale: float, threads: int) -> dict[str, Any]:
     """Pretrain one agent, save it, measure the saved copy; returns its report entry. Runs in a worker process."""
     torch.set_num_threads(threads)
@@ -96,11 +130,13 @@ def build_agent(name: str, out_dir: str, tokenizer_dir: str, seed: int, steps_sc
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
     steps = max(1, round(spec.steps * steps_scale))
-    stats = pretrain(model, tokenizer, data["train"], steps, batch_size=spec.batch_size, lr=spec.lr, seed=seed,
-                     log=lambda s: print(f"[{name}] {s}", flush=True))
+    stats = pretrain(model, tokenizer, train_records(spec, data["train"]), steps, batch_size=spec.batch_size, lr=spec.lr,
+                     seed=seed, log=lambda s: print(f"[{name}] {s}", flush=True), role_weights=spec.roles, drill_weight=spec.drill)
     save_agent(model, tokenizer, Path(out_dir) / name)
     model, tok = load_agent(Path(out_dir) / name)  # measure what ships (fp16 weights)
-    acc = evaluate_agent(model, tok, data["validation"])
+    if len(tok) != len(tokenizer):  # e.g. a family whose AutoTokenizer class re-wraps the tokenizer
+        raise RuntimeError(f"{name}: the saved tokenizer loads with {len(tok)} tokens, not {len(tokenizer)}; pick another family")
+    acc = evaluate_agent(model, tok, data["validation"]) if spec.roles is None else evaluate_specialist(spec, model, tok, seed // 1000)
     entry = {
         "family": spec.family, "layers": spec.num_layers, "hidden_size": spec.hidden_size, "tokenizer": spec.tokenizer,
         "vocab_size": len(tok), "chat_format": TOKENIZERS[spec.tokenizer][1], "params": sum(p.numel() for p in model.parameters()),
@@ -109,6 +145,8 @@ def build_agent(name: str, out_dir: str, tokenizer_dir: str, seed: int, steps_sc
         "train_cpu_seconds": round(stats["cpu_seconds"], 1), "seconds": round(time.perf_counter() - t0, 1),
         "accuracy": {k: round(v, 3) for k, v in acc.items()},
     }
+    if spec.roles is not None:
+        entry["roles"] = sorted(spec.roles)
     print(f"[{name}] done in {entry['seconds']:.0f}s: {json.dumps(entry['accuracy'])}", flush=True)
     return entry
 
@@ -149,7 +187,7 @@ def build(
             write_jsonl(recs, Path(data_dir) / f"{split}.jsonl")
     corpus = tokenizer_corpus(data["train"][:1500])
     report: dict[str, Any] = {
-        "seed": seed, "steps_scale": steps_scale, "workers": workers, "torch_threads_per_worker": 1 if workers > 1 else 2,
+        "seed": seed, "steps_scale": steps_scale, "workers": workers, "torch_threads_per_worker": 1,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "validation": f"first {EVAL_N} validation problems of 2-3 steps, seed {seed}",
         "agents": {},
     }
@@ -158,21 +196,41 @@ def build(
         for tname in sorted({AGENTS[n].tokenizer for n in names}):
             vocab, fmt = TOKENIZERS[tname]
             tok_dirs[tname] = str(Path(tmp) / tname)
-            train_tokenizer(corpus, vocab, fmt).save_pretrained(tok_dirs[tname])
+            shipped = _shipped_tokenizer(out_dir, tname, skip=names)
+            tok = AutoTokenizer.from_pretrained(shipped) if shipped else train_tokenizer(corpus, vocab, fmt)
+            tok.save_pretrained(tok_dirs[tname])
         log(f"world data and tokenizers ready ({time.perf_counter() - t0:.0f}s)")
         jobs = [(n, str(out_dir), tok_dirs[AGENTS[n].tokenizer], seed * 1000 + list(AGENTS).index(n), steps_scale) for n in names]
         if workers <= 1:
-            entries = [build_agent(*job, threads=2) for job in jobs]
+            entries = [build_agent(*job, threads=1) for job in jobs]
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 entries = list(pool.map(_worker, jobs))
-    report["agents"] = {n: e for n, e in sorted(zip(names, entries), key=lambda x: list(AGENTS).index(x[0]))}
+    new = dict(zip(names, entries))
+    seconds = round(time.perf_counter() - t0, 1)
+    old_file = out_dir / REPORT
+    if agents is not None and old_file.is_file():  # a subset rebuild: keep the other agents' entries as they were
+        old = json.loads(old_file.read_text())
+        report = {**old, "agents": {**old["agents"], **new}}
+        report["partial_builds"] = [*old.get("partial_builds", []), {"agents": list(names), "build_seconds": seconds, "workers": workers,
+                                                                     "machine": report.get("machine")}]
+    else:
+        report["agents"] = new
+        report["build_seconds"] = seconds
+    report["agents"] = dict(sorted(report["agents"].items(), key=lambda x: list(AGENTS).index(x[0]) if x[0] in AGENTS else len(AGENTS)))
     report["total_bytes"] = sum(a["bytes"] for a in report["agents"].values())
-    report["build_seconds"] = round(time.perf_counter() - t0, 1)
     (out_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    log(f"zoo built in {report['build_seconds']:.0f}s, {report['total_bytes'] / 1e6:.2f} MB -> {out_dir}")
+    log(f"zoo built in {seconds:.0f}s, {report['total_bytes'] / 1e6:.2f} MB -> {out_dir}")
     return report
+
+
+def _shipped_tokenizer(out_dir: Path, tname: str, skip: Sequence[str]) -> Path | None:
+    """An already built agent's folder holding tokenizer `tname`, so a subset build shares it byte for byte."""
+    for name, spec in AGENTS.items():
+        if spec.tokenizer == tname and name not in skip and (out_dir / name / "tokenizer.json").is_file():
+            return out_dir / name
+    return None
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -182,7 +240,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         "| solver alone | solver + gold plan | learner alone | learner + gold expert |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, a in report["agents"].items():
+    base = {n: a for n, a in report["agents"].items() if "roles" not in a}
+    special = {n: a for n, a in report["agents"].items() if "roles" in a}
+    for name, a in base.items():
         acc = a["accuracy"]
         rows.append(
             f"| {name} | {a['family']} | {a['layers']} | {a['hidden_size']} | {a['params'] / 1e6:.2f}M "
@@ -190,6 +250,18 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"| {a['train_cpu_seconds']:.0f} | {acc['solver_alone']:.1%} | {acc['solver_gold_plan']:.1%} "
             f"| {acc['learner_alone']:.1%} | {acc['learner_gold_expert']:.1%} |"
         )
+    if special:
+        rows += ["", "| agent | family | layers | hidden | params | tokenizer (vocab, chat format) | on disk | steps | train CPU s "
+                 "| roles | accuracy (own roles) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, a in special.items():
+            acc = ", ".join(f"{k} {v:.1%}" for k, v in a["accuracy"].items())
+            rows.append(
+                f"| {name} | {a['family']} | {a['layers']} | {a['hidden_size']} | {a['params'] / 1e6:.2f}M "
+                f"| {a['tokenizer']} ({a['vocab_size']}, {a['chat_format']}) | {a['bytes'] / 1e6:.2f} MB | {a['train_steps']} "
+                f"| {a['train_cpu_seconds']:.0f} | {', '.join(a['roles'])} | {acc} |"
+            )
     rows.append(f"\nTotal on disk: {report['total_bytes'] / 1e6:.2f} MB. Build wall time: {report['build_seconds']:.0f} s "
                 f"({report['workers']} worker processes, {report['machine']}).")
+    for b in report.get("partial_builds", []):
+        rows.append(f"Added later: {', '.join(b['agents'])} in {b['build_seconds']:.0f} s wall ({b['workers']} worker(s)).")
     return "\n".join(rows)

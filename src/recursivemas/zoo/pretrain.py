@@ -2,8 +2,7 @@
 
 Most training examples are one record played in one role: the role's prompt rendered with the
 agent's own chat template, its slots either empty (the agent alone, or round 1) or filled with
-the upstream role's gold text (text mode, sometimes with the question left out), followed by
-the role's target and eos. The loss is
+the upstream role's gold text (text mode), followed by the role's target and eos. The loss is
 next-token cross-entropy over the whole sequence, with prompt tokens down-weighted so capacity
 goes to the targets.
 
@@ -33,10 +32,6 @@ DRILL_WEIGHT = 1.0  # drill documents, on the same scale as ROLE_WEIGHTS
 DRILL_LINES = 16
 PROMPT_LOSS_WEIGHT = 0.25
 GOLD_FILL_P = 0.5  # share of examples whose slots hold the upstream role's gold text
-# Share of gold-filled examples whose question is left out. Every role's target follows from its
-# slot's gold text alone, so these teach each agent to read what arrives in its slots; without
-# them a small agent learns to ignore the slots and recompute everything from the question.
-NO_QUESTION_P = 0.3
 BUCKET_BATCHES = 16  # batches drawn at once and sorted by length
 
 
@@ -55,15 +50,15 @@ def _drill_example(tokenizer, records: Sequence[dict[str, Any]], rng: random.Ran
     return tokenizer("\n".join(lines[:DRILL_LINES]) + tokenizer.eos_token, add_special_tokens=False).input_ids, 0
 
 
-def _draw_example(tokenizer, records: Sequence[dict[str, Any]], rng: random.Random) -> tuple[list[int], int]:
-    names = [*ROLE_WEIGHTS, "drill"]
-    name = rng.choices(names, [*ROLE_WEIGHTS.values(), DRILL_WEIGHT])[0]
+def _draw_example(
+    tokenizer, records: Sequence[dict[str, Any]], rng: random.Random,
+    role_weights: dict[str, float] = ROLE_WEIGHTS, drill_weight: float = DRILL_WEIGHT,
+) -> tuple[list[int], int]:
+    names = [*role_weights, "drill"]
+    name = rng.choices(names, [*role_weights.values(), drill_weight])[0]
     if name == "drill":
         return _drill_example(tokenizer, records, rng)
-    record, gold = rng.choice(records), rng.random() < GOLD_FILL_P
-    if gold and rng.random() < NO_QUESTION_P:
-        record = {**record, "question": ""}
-    return _encode_example(tokenizer, ROLES[name], record, gold)
+    return _encode_example(tokenizer, ROLES[name], rng.choice(records), rng.random() < GOLD_FILL_P)
 
 
 def make_batch(examples: Sequence[tuple[list[int], int]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,8 +88,12 @@ def pretrain(
     log: Callable[[str], None] | None = None,
     callback: Callable[[int], None] | None = None,
     callback_every: int = 0,
+    role_weights: dict[str, float] | None = None,
+    drill_weight: float = DRILL_WEIGHT,
 ) -> dict[str, Any]:
     """Train `model` in place for `steps` AdamW steps; returns the final loss and times.
+
+    ``role_weights`` (role -> draw weight, default ``ROLE_WEIGHTS``) and ``drill_weight`` set the mix.
 
     ``callback(step)`` runs every ``callback_every`` steps (e.g. an evaluation; put the model in
     eval mode and back to train mode inside it).
@@ -113,7 +112,8 @@ def pretrain(
     queue: list[list[tuple[list[int], int]]] = []
     for step in range(steps):
         if not queue:  # draw a pool, sort it by length and cut it into batches: little padding
-            pool = [_draw_example(tokenizer, records, rng) for _ in range(batch_size * BUCKET_BATCHES)]
+            pool = [_draw_example(tokenizer, records, rng, role_weights or ROLE_WEIGHTS, drill_weight)
+                    for _ in range(batch_size * BUCKET_BATCHES)]
             pool.sort(key=lambda e: len(e[0]))
             queue = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
             rng.shuffle(queue)

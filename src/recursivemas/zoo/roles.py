@@ -1,7 +1,7 @@
 """The role prompts of the bundled systems, defined once.
 
 The zoo agents are pretrained on exactly these prompts and the bundled system files
-(``configs/sequential.yaml``, ``configs/distillation.yaml``) copy them, so an agent sees at
+(``configs/{sequential,distillation,mixture,deliberation}.yaml``) copy them, so an agent sees at
 inference the text it was trained on. A prompt holds ``{question}`` and slot markers such as
 ``<<PLAN>>``; the engine fills a marker with the upstream agent's text (text mode), with
 latent vectors (latent mode) or with nothing (no input yet, or a single agent alone).
@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from recursivemas.world import DOMAINS
 
 SLOT_RE = re.compile(r"<<([A-Za-z][A-Za-z0-9_]*)>>")
 
@@ -81,13 +83,58 @@ ROLES: dict[str, Role] = {
             target="solution",
             slots={"EXPERT": "expert"},
         ),
+        # Mixture: one expert per world domain (agent names = domains, so the pattern's slots are
+        # MONEY, COUNTING, TIME); each solves its own domain and declines the others.
+        *(
+            Role(
+                domain,
+                f"You are the {domain} expert. Solve {domain} problems only.",
+                "Question: {question}\nLast summary:\n<<FEEDBACK>>\nNotes:",
+                target=f"{domain}_notes",
+                slots={"FEEDBACK": "solution"},
+            )
+            for domain in DOMAINS
+        ),
+        # The summarizer is the learner role with its slot line split into one line per expert: the
+        # zoo's Llama plays it on its pretraining text (empty slot lines measured to change nothing alone).
+        Role(
+            "summarizer",
+            "You are the learner. Work it out.",
+            "Question: {question}\nExpert notes:\n<<MONEY>>\n<<COUNTING>>\n<<TIME>>\nSolution:",
+            target="solution",
+            slots={d.upper(): f"{d}_notes" for d in DOMAINS},
+        ),
+        # Deliberation: the reflector is the planner role verbatim, so the zoo's planner (qwen-moe)
+        # plays it on the text it was pretrained on; its feedback now comes from the tool-caller.
+        Role(
+            "reflector",
+            "You are the planner. List the steps.",
+            "Question: {question}\nLast answer:\n<<FEEDBACK>>\nPlan:",
+            target="plan",
+            slots={"FEEDBACK": "tool_call"},
+        ),
+        Role(
+            "tool_caller",
+            "You are the tool caller. Write a python program.",
+            "Question: {question}\nReflection:\n<<REFLECTION>>\nProgram:",
+            target="tool_call",
+            slots={"REFLECTION": "plan"},
+        ),
     )
 }
 
+# The roles the first three zoo agents were pretrained on; the tokenizers are trained on their text only,
+# so adding roles never changes a rebuilt tokenizer.
+BASE_ROLES = ("planner", "critic", "solver", "expert", "learner")
 # Which role each agent of a bundled pattern plays (the YAML files use the same names).
-PATTERN_ROLES = {"sequential": ("planner", "critic", "solver"), "distillation": ("expert", "learner")}
+PATTERN_ROLES = {
+    "sequential": ("planner", "critic", "solver"),
+    "distillation": ("expert", "learner"),
+    "mixture": (*DOMAINS, "summarizer"),
+    "deliberation": ("reflector", "tool_caller"),
+}
 # The roles that write a final answer ending in ``#### n`` when run alone.
-ANSWER_ROLES = ("solver", "learner", "expert")
+ANSWER_ROLES = ("solver", "learner", "expert", "summarizer", "tool_caller")
 
 
 def render_prompt(tokenizer, role: Role, record: dict[str, Any], fill: dict[str, str] | None = None) -> str:

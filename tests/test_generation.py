@@ -1,0 +1,42 @@
+"""Batched decoding: rows that finish leave the batch, and every row decodes as it would alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from recursivemas.generation import generate
+
+PROMPTS = [[5, 9, 11, 3, 7, 2], [4, 8], [12, 6, 1, 9]]
+
+
+def _left_padded(model, prompts: list[list[int]]):
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return model.get_input_embeddings()(ids), mask
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2_moe"])
+def test_rows_leave_the_batch_and_decode_as_alone(tiny_agents, family):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_agents[family]).eval()
+    with torch.no_grad():
+        embeds, mask = _left_padded(model, PROMPTS)
+        free, _ = generate(model, embeds, mask, eos_token_ids=set(), pad_token_id=0, max_new_tokens=10)
+        # End-of-sequence tokens that stop the rows at different steps, so the batch shrinks mid-decode.
+        eos = {free[0][2], free[1][5]}
+        batched, session = generate(model, embeds, mask, eos_token_ids=eos, pad_token_id=0, max_new_tokens=10)
+        for row, prompt in enumerate(PROMPTS):
+            alone_embeds, alone_mask = _left_padded(model, [prompt])
+            alone, _ = generate(model, alone_embeds, alone_mask, eos_token_ids=eos, pad_token_id=0, max_new_tokens=10)
+            assert batched[row] == alone[0]
+            cut = next((k + 1 for k, t in enumerate(free[row]) if t in eos), len(free[row]))
+            assert batched[row] == free[row][:cut]
+            # Work counted per row: its prompt, then every generated token but the last (never fed back).
+            assert session.positions[row] == len(prompt) + len(batched[row]) - 1
+    lengths = sorted(len(r) for r in batched)
+    assert lengths[0] < lengths[-1], "the chosen eos tokens should stop the rows at different steps"
+    assert session.forward_calls == max(len(r) for r in batched)  # prefill + one call per fed token
+    assert session._cache.layers[0].keys.shape[0] < len(PROMPTS)  # finished rows were dropped from the cache
