@@ -145,15 +145,17 @@ def pretrain(
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
-    """Greedy completions of rendered prompts (left-padded batches, stops at eos)."""
+def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 64,
+                   stop_strings: Sequence[str] | None = None) -> list[str]:
+    """Greedy completions of rendered prompts (left-padded batches, stops at eos or any of ``stop_strings``)."""
     tokenizer.padding_side = "left"
+    stops = dict(stop_strings=list(stop_strings), tokenizer=tokenizer) if stop_strings else {}
     outs: list[str] = []
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
         gen = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **stops,
         )
         outs += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
     return outs

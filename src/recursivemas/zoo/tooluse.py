@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from recursivemas.tools.loop import ToolLoop
 from recursivemas.tools.python_tool import PythonTool
 from recursivemas.world import grade
@@ -23,25 +21,10 @@ from recursivemas.zoo.roles import ROLES, render_prompt
 CLOSE = "</python>"
 
 
-@torch.no_grad()
-def _generate_until_call(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy completions that stop at the first ``</python>`` (or eos)."""
-    tokenizer.padding_side = "left"
-    outs: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=[CLOSE], tokenizer=tokenizer,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-        outs += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
-    return outs
-
-
 def answer_with_tool(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 96, tool: PythonTool | None = None) -> list[str]:
     """Transcripts: the model's text up to its python call, the tool's result block, then the model's answer."""
     loop = ToolLoop({"python": tool or PythonTool(timeout_s=10)}, max_calls=1)
-    first = _generate_until_call(model, tokenizer, prompts, max_new_tokens)
+    first = generate_texts(model, tokenizer, prompts, max_new_tokens, stop_strings=[CLOSE])  # up to the first call
     results = []
     for text in first:  # the engine's own call parsing and result formatting
         loop.reset()
