@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/recursivemas demo
 
-# The other bundled patterns (mixture, distillation, deliberation), 100 test problems each: about 12 minutes.
+# The other bundled patterns (mixture, distillation, deliberation), 100 test problems each: about 9 minutes.
 demo-patterns: $(STAMP)
 	for name in distillation mixture deliberation; do $(VENV)/bin/recursivemas demo --bundled $$name -n 100 --out runs/demo-$$name || exit 1; done
 

@@ -39,15 +39,18 @@ class FakeSystem:
     default_m: int = 32
     calls: list[tuple] = field(default_factory=list)
     fail_after: int | None = None
+    batch_sizes: list[int | None] = field(default_factory=list)
 
     @property
     def config(self) -> Any:
         return SimpleNamespace(latent_steps=self.default_m)
 
-    def run(self, questions: list[str], mode: str = "latent", rounds: int = 3, latent_steps: int | None = None) -> list:
+    def run(self, questions: list[str], mode: str = "latent", rounds: int = 3, latent_steps: int | None = None,
+            batch_size: int | None = None) -> list:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("simulated crash")
         self.calls.append((tuple(questions), mode, rounds, latent_steps))
+        self.batch_sizes.append(batch_size)
         m = self.default_m if latent_steps is None else latent_steps
         out = []
         for q in questions:
@@ -66,6 +69,7 @@ def test_records_every_question_and_configuration(tmp_path: Path) -> None:
     system = FakeSystem()
     recs = evaluate(system, EXAMPLES, "test", None, ("text", "latent"), (1, 3), out, progress=False, batch_size=4)
     assert len(recs) == 2 * 2 * 6 == len(read_records(out))
+    assert system.batch_sizes == [len(q) for q, *_ in system.calls] == [4, 2] * 4  # each harness batch runs as one
     r = read_records(out)[0]
     for key in ("task", "split", "id", "mode", "rounds", "latent_steps", "prediction", "gold", "correct",
                 "generated_tokens", "latent_steps_total", "forward_calls", "wall_time_s", "usage"):

@@ -113,3 +113,13 @@ def test_shipped_zoo_size() -> None:
     assert len({a.family for a in base}) == 3
     assert len({a.hidden_size for a in base}) == 3
     assert len({a.tokenizer for a in base}) == 2
+
+
+def test_zoo_links_names_an_unknown_system_before_training():
+    from typer.testing import CliRunner
+
+    from recursivemas.cli import app
+
+    result = CliRunner().invoke(app, ["zoo", "links", "--system", "sequential,sequentail"])
+    assert result.exit_code != 0
+    assert "sequentail" in result.output and "bundled:" in result.output

@@ -32,8 +32,14 @@ def links_path(name: str) -> Path:
     return CONFIGS / f"{name}.links.safetensors"
 
 
-def train_bundled_links(name: str, *, steps: int = 150, inner_steps: int = 100, records: int = 600, seed: int = 0, **overrides: Any) -> dict:
-    """Train the links of bundled system ``name`` from scratch and ship them; returns the training summary."""
+def train_bundled_links(name: str, *, steps: int = 150, inner_steps: int = 100, records: int = 600, seed: int = 0,
+                        latent_steps: int | None = None, **overrides: Any) -> dict:
+    """Train the links of bundled system ``name`` from scratch and ship them; returns the training summary.
+
+    ``latent_steps`` sets the rollout length used in training (default: the system file's), as the
+    ``rounds`` override sets the rounds unrolled; the system file keeps its own values, which
+    `recursivemas tune` chooses on validation afterwards.
+    """
     from recursivemas import System
     from recursivemas.train import TrainConfig, train
     from recursivemas.world import generate
@@ -42,6 +48,8 @@ def train_bundled_links(name: str, *, steps: int = 150, inner_steps: int = 100, 
     data = yaml.safe_load(path.read_text())
     data["links"] = {**data.get("links", {}), "checkpoint": None}  # start from fresh links
     system = System.from_config({**data, "base_dir": str(CONFIGS)})
+    if latent_steps is not None:
+        system.config.latent_steps = latent_steps
     # Rollout latents: the outer links train on the free-running thoughts inference will feed them. Teacher-forced
     # latents (the sender's states over its gold text) left the bundled solver at 30% vs 42% (docs/zoo.md).
     settings = dict(stage="all", steps=steps, inner_steps=inner_steps, lr=1e-3, batch_size=8, seed=seed, progress=True,

@@ -50,7 +50,7 @@ def eval_cmd(
     latent_steps: int | None = typer.Option(None, "--latent-steps", help="m for latent mode (default: the system's)."),
     out: Path = typer.Option(Path("records.jsonl"), "--out", help="JSONL records; reruns resume from it."),
     data: Path | None = typer.Option(None, "--data", help="Local JSONL/JSON/Parquet file or datasets directory."),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Questions the system runs together (one System.run batch)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.md and plots next to --out."),
 ) -> None:
     """Run every (mode, rounds) on the same questions, appending one graded record per question."""

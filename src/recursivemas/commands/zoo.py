@@ -74,6 +74,8 @@ def register(app: typer.Typer) -> None:
         inner_steps: int = typer.Option(80, "--inner-steps", help="Inner-loop steps."),
         records: int = typer.Option(480, "--records", help="World training problems."),
         latent_source: str = typer.Option("rollout", "--latent-source", help="Outer-loop latents: rollout, teacher or mixed (docs/training.md)."),
+        latent_steps: int = typer.Option(4, "--latent-steps", help="Rollout length m while training (the system file keeps its tuned m)."),
+        rounds: int = typer.Option(3, "--rounds", help="Rounds unrolled while training (the system file keeps its tuned rounds)."),
         workers: int = typer.Option(2, "--workers", help="Systems trained at once, one process and one torch thread each."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
@@ -83,7 +85,7 @@ def register(app: typer.Typer) -> None:
         names = [n.strip() for n in system.split(",") if n.strip()]
         try:
             seconds = train_bundled(names, workers=workers, steps=steps, inner_steps=inner_steps, records=records, seed=seed,
-                                    latent_source=latent_source)
+                                    latent_source=latent_source, latent_steps=latent_steps, rounds=rounds)
         except FileNotFoundError as err:
             raise typer.BadParameter(str(err), param_hint="--system") from None
         for name, s in seconds.items():

@@ -25,7 +25,8 @@ MODES = ("single", "text", "latent")
 class SystemLike(Protocol):
     """What the harness needs from a system: ``run`` returning one result (``.text``, ``.usage``) per question."""
 
-    def run(self, questions: list[str], mode: str = ..., rounds: int = ..., latent_steps: int = ...) -> list[Any]: ...
+    def run(self, questions: list[str], mode: str = ..., rounds: int = ..., latent_steps: int = ...,
+            batch_size: int = ...) -> list[Any]: ...
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -114,7 +115,7 @@ def _grade_all(examples: list[Example], texts: list[str], workers: int) -> list[
 def _run_batch(system: SystemLike, batch: list[Example], mode: str, rounds: int, steps: int | None,
                grade_workers: int) -> list[dict[str, Any]]:
     """Ask the system one batch of questions and grade the answers: one record body per question."""
-    kwargs: dict[str, Any] = {"mode": mode, "rounds": rounds}
+    kwargs: dict[str, Any] = {"mode": mode, "rounds": rounds, "batch_size": len(batch)}  # the harness batch runs as one
     if steps is not None:
         kwargs["latent_steps"] = steps
     t0 = time.perf_counter()
