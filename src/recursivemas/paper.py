@@ -857,7 +857,8 @@ def _section_c(res: dict[str, Any], plots: dict[str, str]) -> list[str]:
         lines.append("Why, at this scale: m = 0 means the agents before the decoder pass nothing and it answers from the "
                      "question alone. Latent thoughts help only when the links map them to something the receiver can use; "
                      "links trained briefly, and on rollouts of one length, turn other lengths into extra noise in its "
-                     "prompt, so more of them does not help. (Section (e) compares links trained on teacher-forced latents with links trained on m-step rollouts.)")
+                     "prompt, so more of them does not help. (Section (e) compares links trained on teacher-forced latents "
+                     "with links trained on m-step rollouts.)")
     lines.append("")
     return lines
 
