@@ -24,13 +24,13 @@ def test_rows_leave_the_batch_and_decode_as_alone(tiny_agents, family):
     model = AutoModelForCausalLM.from_pretrained(tiny_agents[family]).eval()
     with torch.no_grad():
         embeds, mask = _left_padded(model, PROMPTS)
-        free, _ = generate(model, embeds, mask, eos_token_ids=set(), pad_token_id=0, max_new_tokens=10)
+        free, _ = generate(model, embeds, mask, eos_token_ids=set(), max_new_tokens=10)
         # End-of-sequence tokens that stop the rows at different steps, so the batch shrinks mid-decode.
         eos = {free[0][2], free[1][5]}
-        batched, session = generate(model, embeds, mask, eos_token_ids=eos, pad_token_id=0, max_new_tokens=10)
+        batched, session = generate(model, embeds, mask, eos_token_ids=eos, max_new_tokens=10)
         for row, prompt in enumerate(PROMPTS):
             alone_embeds, alone_mask = _left_padded(model, [prompt])
-            alone, _ = generate(model, alone_embeds, alone_mask, eos_token_ids=eos, pad_token_id=0, max_new_tokens=10)
+            alone, _ = generate(model, alone_embeds, alone_mask, eos_token_ids=eos, max_new_tokens=10)
             assert batched[row] == alone[0]
             cut = next((k + 1 for k, t in enumerate(free[row]) if t in eos), len(free[row]))
             assert batched[row] == free[row][:cut]

@@ -34,7 +34,6 @@ class DecodeSession:
 
     model: nn.Module
     eos_token_ids: set[int]
-    pad_token_id: int
     forward_calls: int = 0
     positions: list[int] = field(default_factory=list)  # input positions processed, per row
     _cache: DynamicCache | None = None
@@ -122,13 +121,12 @@ def generate(
     attention_mask: torch.Tensor,
     *,
     eos_token_ids: set[int],
-    pad_token_id: int,
     max_new_tokens: int,
     temperature: float = 0.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[list[list[int]], DecodeSession]:
     """Decode a left-padded batch from embeddings; returns the new token ids per row and the session's counts."""
-    session = DecodeSession(model, eos_token_ids, pad_token_id)
+    session = DecodeSession(model, eos_token_ids)
     session.prefill(inputs_embeds, attention_mask)
     return session.sample(max_new_tokens, temperature, top_p, generator), session

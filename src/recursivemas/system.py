@@ -226,7 +226,6 @@ class System:
             embeds,
             mask,
             eos_token_ids=agent.eos_token_ids,
-            pad_token_id=agent.pad_token_id,
             max_new_tokens=max_new,
             temperature=gen.temperature,
             top_p=gen.top_p,
@@ -242,7 +241,7 @@ class System:
         gen, texts = self.config.generation, []
         for i in range(embeds.shape[0]):
             row_start = time.perf_counter()
-            session = DecodeSession(agent.model, agent.eos_token_ids, agent.pad_token_id)
+            session = DecodeSession(agent.model, agent.eos_token_ids)
             keep = mask[i].bool()
             session.prefill(embeds[i : i + 1, keep], mask[i : i + 1, keep])
             loop, generated = self.tool_loop, []

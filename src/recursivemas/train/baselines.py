@@ -129,7 +129,6 @@ class FinetuneStage:
             embeds,
             mask,
             eos_token_ids=self.agent.eos_token_ids,
-            pad_token_id=self.agent.pad_token_id,
             max_new_tokens=self.system.config.generation.max_new_tokens,
         )
         return [self.agent.decode(row) for row in ids]
