@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from recursivemas import System
+from recursivemas.prefix import prefix_length
 
 
 @pytest.fixture
@@ -31,10 +32,10 @@ def test_latent_mode_generates_only_in_the_decoders_last_round(sequential, round
         assert talkers == [("solver", rounds)]
         answers = [s for s in res.usage.steps if s.action == "answer"]
         assert len(answers) == 1 and answers[0].generated_tokens <= 6
-        # every non-final step is a latent rollout of M steps, M forward calls
+        # every non-final step is a latent rollout of M steps, M forward calls (+1 in round 1: the prompt prefix)
         for s in res.usage.steps:
             if s.action == "latent":
-                assert s.latent_steps == 4 and s.forward_calls == 4
+                assert s.latent_steps == 4 and s.forward_calls == 4 + (s.round == 1)
         # rounds: planner, critic, solver per non-final round; planner, critic then the answer in the last
         assert len(res.usage.steps) == 3 * rounds
         assert res.usage.latent_steps == 4 * (3 * rounds - 1)
@@ -43,8 +44,9 @@ def test_latent_mode_generates_only_in_the_decoders_last_round(sequential, round
 def test_feedback_latents_reach_the_planner_from_round_two(sequential):
     steps = sequential.run(["2 + 2?"], mode="latent", rounds=2, latent_steps=5)[0].usage.steps
     planner = [s for s in steps if s.agent == "planner"]
-    # round 2's prompt holds 5 more positions: the solver's feedback latents
-    assert planner[1].input_positions - planner[0].input_positions == 5
+    # round 2's prompt holds 5 more positions: the solver's feedback latents; its prefix is not encoded again
+    reused = prefix_length(sequential.agents["planner"], "2 + 2?")
+    assert reused > 0 and planner[1].input_positions - planner[0].input_positions == 5 - reused
 
 
 def test_text_mode_hands_off_text_and_counts_it(sequential):

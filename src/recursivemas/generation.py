@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from recursivemas.prefix import Past
 from recursivemas.rollout import positions_from_mask
 
 
@@ -61,8 +62,12 @@ class DecodeSession:
         counts = mask_new.long().sum(-1).tolist() if counted is None else counted
         self.positions = counts if not self.positions else [a + b for a, b in zip(self.positions, counts)]
 
-    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        self._cache = DynamicCache(config=self.model.config)
+    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, past: Past | None = None) -> None:
+        """Encode the prompt; ``past`` (``recursivemas.prefix``) already holds its start and is extended in place."""
+        self._cache = DynamicCache(config=self.model.config) if past is None else past.cache
+        if past is not None:
+            self._mask = past.mask.long()
+            self._pos = positions_from_mask(self._mask)
         self._forward(attention_mask.long(), inputs_embeds=inputs_embeds)
 
     def feed(self, ids: list[int]) -> None:
@@ -125,8 +130,9 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    past: Past | None = None,
 ) -> tuple[list[list[int]], DecodeSession]:
-    """Decode a left-padded batch from embeddings; returns the new token ids per row and the session's counts."""
+    """Decode a left-padded batch from embeddings (after ``past``, when given); returns the new token ids per row and the session's counts."""
     session = DecodeSession(model, eos_token_ids)
-    session.prefill(inputs_embeds, attention_mask)
+    session.prefill(inputs_embeds, attention_mask, past)
     return session.sample(max_new_tokens, temperature, top_p, generator), session

@@ -7,11 +7,14 @@ whose ``last_hidden_state`` is the LM-head input (after the final norm) for ever
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 from transformers import DynamicCache
+
+if TYPE_CHECKING:
+    from recursivemas.prefix import Past
 
 Link = Callable[[torch.Tensor], torch.Tensor]
 
@@ -39,12 +42,14 @@ def latent_rollout(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     steps: int = 16,
+    past: "Past | None" = None,
 ) -> torch.Tensor:
     """Run ``steps`` latent thoughts with the KV cache; return ``R_in(H)`` as ``[batch, steps, hidden]``.
 
     ``inputs_embeds`` is ``[batch, t, hidden]`` in the model's dtype, left-padded when ``attention_mask``
     marks pads with 0. The result is in the link's dtype (float32 for our links). Differentiable: wrap in
     ``torch.no_grad()`` for inference. Costs ``steps`` forward calls: one over the prompt, then one position each.
+    ``past`` (``recursivemas.prefix``) holds the prompt's already-encoded start; it is extended in place.
     """
     batch, length, _ = inputs_embeds.shape
     if steps < 0:
@@ -53,9 +58,11 @@ def latent_rollout(
         return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32)
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
     mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
-    positions = positions_from_mask(mask)
+    if past is not None:
+        mask = torch.cat([past.mask.long(), mask], dim=1)
+    positions = positions_from_mask(mask)[:, -length:]
     decoder = decoder_of(model)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if past is None else past.cache
     one = torch.ones(batch, 1, dtype=torch.long, device=device)
 
     h = _last_hidden(decoder, inputs_embeds, mask, positions, cache)

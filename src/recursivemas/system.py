@@ -21,8 +21,9 @@ from recursivemas.generation import DecodeSession, generate
 from recursivemas.graph import Graph, edge_name
 from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
+from recursivemas.prefix import PrefixStore
 from recursivemas.rollout import latent_rollout
-from recursivemas.slots import SlotFill, build_inputs, left_pad, row_embeddings
+from recursivemas.slots import SlotFill
 from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
@@ -142,8 +143,9 @@ class System:
         handoffs: list[list[dict]] = [[] for _ in questions]
         tool_log: list[list[dict]] = [[] for _ in questions]
         decoder, max_answer = self.graph.decoder, self.config.generation.max_new_tokens
+        prefixes = PrefixStore(questions)  # each agent's prompt up to its first slot, encoded once for all rounds
         if mode == "single":  # the decoding agent alone, every slot empty
-            texts = self._decode(decoder, questions, {}, 1, "answer", max_answer, usages, generator, tool_log)
+            texts = self._decode(decoder, prefixes, {}, 1, "answer", max_answer, usages, generator, tool_log)
             return [RunResult(q, texts[i], mode, 1, 0, usages[i], tool_calls=tool_log[i]) for i, q in enumerate(questions)]
         feedback: dict[str, list[SlotFill]] = {}
         for r in range(1, rounds + 1):
@@ -172,14 +174,14 @@ class System:
                     if self.graph.active(agent, final)
                 }
                 if final and decoder in fills:
-                    texts = self._decode(decoder, questions, fills.pop(decoder), r, "answer", max_answer, usages, generator, tool_log)
+                    texts = self._decode(decoder, prefixes, fills.pop(decoder), r, "answer", max_answer, usages, generator, tool_log)
                 if mode == "latent":
                     for group in self._same_model_groups(list(fills)):
-                        for agent, thoughts in self._rollout(group, questions, fills, r, steps, usages).items():
+                        for agent, thoughts in self._rollout(group, prefixes, fills, r, steps, usages).items():
                             send(agent, thoughts)
                     continue
                 for agent, agent_fills in fills.items():
-                    msgs = self._decode(agent, questions, agent_fills, r, "text", self.config.generation.handoff_max_new_tokens, usages, generator)
+                    msgs = self._decode(agent, prefixes, agent_fills, r, "text", self.config.generation.handoff_max_new_tokens, usages, generator)
                     receivers = [e.dst for e in self.graph.outgoing(agent) if not (final and e.feedback)]
                     for i, msg in enumerate(msgs):
                         handoffs[i].append({"round": r, "from": agent, "to": receivers, "text": msg})
@@ -197,30 +199,31 @@ class System:
             groups.setdefault(id(self.agents[name].model), []).append(name)
         return list(groups.values())
 
-    def _rollout(self, names: list[str], questions, fills, round_: int, steps: int, usages: list[Usage]) -> dict[str, torch.Tensor]:
+    def _rollout(self, names: list[str], prefixes: PrefixStore, fills, round_: int, steps: int, usages: list[Usage]) -> dict[str, torch.Tensor]:
         """Latent rollouts of agents sharing one model, batched together; each row uses its own agent's inner link."""
-        model, n = self.agents[names[0]].model, len(questions)
+        model, n = self.agents[names[0]].model, len(prefixes.questions)
         start = time.perf_counter()
-        rows = [row_embeddings(self.agents[name], q, fills[name], i) for name in names for i, q in enumerate(questions)]
-        embeds, mask = left_pad(rows)
+        embeds, mask, past, encoded = prefixes.inputs([self.agents[name] for name in names], fills)
         inner = [self.links.inner[name] for name in names]
         link = inner[0] if len(names) == 1 else (lambda h: torch.cat([fn(h[k * n : (k + 1) * n]) for k, fn in enumerate(inner)]))
-        thoughts = latent_rollout(model, link, embeds, mask, steps=steps)
-        seconds = (time.perf_counter() - start) / len(rows)
+        thoughts = latent_rollout(model, link, embeds, mask, steps=steps, past=past)
+        seconds = (time.perf_counter() - start) / len(encoded)
+        calls = steps + (steps > 0 and any(encoded))  # the prefix pass, when this call made it
         lengths = mask.sum(-1).tolist()
         for k, name in enumerate(names):
             for i in range(n):
-                positions = lengths[k * n + i] + max(steps - 1, 0)  # the prompt, then one position per fed-back thought
-                usages[i].steps.append(StepUsage(name, round_, "latent", 0, steps, steps, positions, seconds))
+                row = k * n + i  # the prompt (its reused prefix counted once), then one position per fed-back thought
+                positions = encoded[row] + lengths[row] + max(steps - 1, 0)
+                usages[i].steps.append(StepUsage(name, round_, "latent", 0, steps, calls, positions, seconds))
         return {name: thoughts[k * n : (k + 1) * n] for k, name in enumerate(names)}
 
-    def _decode(self, name: str, questions, fills, round_: int, action: str, max_new: int, usages, generator, tool_log=None) -> list[str]:
+    def _decode(self, name: str, prefixes: PrefixStore, fills, round_: int, action: str, max_new: int, usages, generator, tool_log=None) -> list[str]:
         agent = self.agents[name]
         gen = self.config.generation
         start = time.perf_counter()
-        embeds, mask = build_inputs(agent, questions, fills)
+        embeds, mask, past, encoded = prefixes.inputs([agent], {name: fills})
         if action == "answer" and self.tool_loop is not None:
-            return self._decode_with_tools(agent, embeds, mask, round_, max_new, usages, generator, start, tool_log)
+            return self._decode_with_tools(agent, embeds, mask, past, encoded, round_, max_new, usages, generator, start, tool_log)
         ids, session = generate(
             agent.model,
             embeds,
@@ -230,20 +233,23 @@ class System:
             temperature=gen.temperature,
             top_p=gen.top_p,
             generator=generator,
+            past=past,
         )
-        seconds = (time.perf_counter() - start) / len(questions)
+        seconds = (time.perf_counter() - start) / len(ids)
+        calls = session.forward_calls + any(encoded)
         for i, row in enumerate(ids):
-            usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, session.forward_calls, session.positions[i], seconds))
+            usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, calls, encoded[i] + session.positions[i], seconds))
         return [agent.decode(row) for row in ids]
 
-    def _decode_with_tools(self, agent: Agent, embeds, mask, round_, max_new, usages, generator, start, tool_log) -> list[str]:
+    def _decode_with_tools(self, agent: Agent, embeds, mask, past, encoded, round_, max_new, usages, generator, start, tool_log) -> list[str]:
         """The final answer with a tool loop, one question at a time (each has its own calls and results)."""
         gen, texts = self.config.generation, []
+        shared = (time.perf_counter() - start) / embeds.shape[0]  # each row's share of building the inputs and prefix
         for i in range(embeds.shape[0]):
             row_start = time.perf_counter()
             session = DecodeSession(agent.model, agent.eos_token_ids)
             keep = mask[i].bool()
-            session.prefill(embeds[i : i + 1, keep], mask[i : i + 1, keep])
+            session.prefill(embeds[i : i + 1, keep], mask[i : i + 1, keep], None if past is None else past.row(i))
             loop, generated = self.tool_loop, []
             loop.reset()
 
@@ -263,8 +269,9 @@ class System:
                 texts.append(run_tool_loop(continue_decoding, loop))
             if tool_log is not None:
                 tool_log[i].extend(asdict(c) for c in loop.calls)
-            seconds = time.perf_counter() - row_start
-            usages[i].steps.append(StepUsage(agent.name, round_, "answer", len(generated), 0, session.forward_calls, session.positions[0], seconds))
+            seconds = time.perf_counter() - row_start + shared
+            calls = session.forward_calls + bool(encoded[i])
+            usages[i].steps.append(StepUsage(agent.name, round_, "answer", len(generated), 0, calls, encoded[i] + session.positions[0], seconds))
         return texts
 
     def __repr__(self) -> str:

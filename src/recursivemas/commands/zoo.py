@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
     def links_cmd(
         system: str = typer.Option("sequential,distillation", "--system",
                                    help="Comma-separated bundled systems whose links to train (sequential, distillation, mixture, deliberation)."),
-        steps: int = typer.Option(300, "--steps", help="Outer-loop steps."),
+        steps: int = typer.Option(200, "--steps", help="Outer-loop steps."),
         inner_steps: int = typer.Option(80, "--inner-steps", help="Inner-loop steps."),
         records: int = typer.Option(480, "--records", help="World training problems."),
         latent_source: str = typer.Option("rollout", "--latent-source", help="Outer-loop latents: rollout, teacher or mixed (docs/training.md)."),

@@ -1,0 +1,91 @@
+"""Encode each agent's prompt prefix once per batch and reuse its KV cache in every round.
+
+Everything in an agent's prompt before its first slot (chat template, system prompt, the question) is
+the same in every round; only the slots and what follows them change. ``PrefixStore`` encodes those
+prefixes once per (batch, group of agents) and hands each pass a copy of the cache, so a pass encodes
+only its slots and the rest. The prefix stops one position short of the first slot, so every pass
+encodes at least one position of its own and ends on the prompt's true last position.
+
+Padding: rows are left-padded within the prefix and again within the tail, so a row reads
+``[pads, prefix, pads, tail]``; the attention mask marks both pad runs and positions count real tokens
+only (``positions_from_mask``), which is what encoding the whole row at once would see.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from recursivemas.agent import Agent, Slot
+from recursivemas.rollout import decoder_of, positions_from_mask
+from recursivemas.slots import SlotFill, left_pad, row_embeddings
+
+
+@dataclass
+class Past:
+    """A KV cache holding ``mask.shape[1]`` positions per row (some of them padding, ``mask == 0``)."""
+
+    cache: DynamicCache
+    mask: torch.Tensor
+
+    def row(self, i: int) -> "Past":
+        """A copy holding row ``i`` alone (per-row decoding, e.g. with tools)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_select_indices(torch.tensor([i], device=self.mask.device))
+        return Past(cache, self.mask[i : i + 1])
+
+
+def prefix_length(agent: Agent, question: str) -> int:
+    """Token positions of ``agent``'s prompt reused across rounds: those before its first slot, less one."""
+    text = ""
+    for segment in agent.segments(question):
+        if isinstance(segment, Slot):
+            break
+        text += segment
+    return max(len(agent.encode(text)) - 1, 0)
+
+
+def encode_past(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> Past:
+    """Run the decoder stack (no LM head) over a left-padded batch and keep its cache."""
+    cache = DynamicCache(config=model.config)
+    decoder_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), past_key_values=cache, use_cache=True)
+    return Past(cache, mask)
+
+
+class PrefixStore:
+    """The prompt-prefix caches of one batch of questions, one per group of agents that run together."""
+
+    def __init__(self, questions: Sequence[str]) -> None:
+        self.questions = list(questions)
+        self._pasts: dict[tuple[str, ...], Past] = {}
+
+    def inputs(
+        self, agents: Sequence[Agent], fills: dict[str, dict[str, Sequence[SlotFill]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, Past | None, list[int]]:
+        """Rows for ``agents`` (agent-major) minus their cached prefixes.
+
+        Returns ``(tail_embeds, tail_mask, past, encoded)``: ``past`` is a fresh copy of the prefix cache
+        (``None`` when some row has no prefix to reuse), and ``encoded`` counts, per row, the prefix positions
+        this call had to encode (non-zero only on a group's first call), for usage accounting.
+        """
+        rows, cuts = [], []
+        for agent in agents:
+            for i, q in enumerate(self.questions):
+                rows.append(row_embeddings(agent, q, fills[agent.name], i))
+                cuts.append(prefix_length(agent, q))
+        if min(cuts) == 0:  # nothing to reuse for some row: encode every row whole
+            embeds, mask = left_pad(rows)
+            return embeds, mask, None, [0] * len(rows)
+        key, encoded = tuple(a.name for a in agents), [0] * len(rows)
+        if key not in self._pasts:
+            embeds, mask = left_pad([r[:c] for r, c in zip(rows, cuts)])
+            self._pasts[key] = encode_past(agents[0].model, embeds, mask)
+            encoded = cuts
+        past = self._pasts[key]
+        embeds, mask = left_pad([r[c:] for r, c in zip(rows, cuts)])
+        return embeds, mask, Past(copy.deepcopy(past.cache), past.mask), encoded
