@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/recursivemas demo
 
-# The other bundled patterns (mixture, distillation, deliberation), 100 test problems each: about 9 minutes.
+# The other bundled patterns (distillation, mixture, deliberation), 100 test problems each: about 8 minutes.
 demo-patterns: $(STAMP)
 	for name in distillation mixture deliberation; do $(VENV)/bin/recursivemas demo --bundled $$name -n 100 --out runs/demo-$$name || exit 1; done
 
@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/rollout.py
 	$(PY) bench/latent_vs_text.py
 	$(PY) bench/train_cost.py
+	$(PY) bench/prefix_reuse.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

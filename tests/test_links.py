@@ -82,3 +82,17 @@ def test_latentmas_link_maps_to_embedding_norm():
 def test_unknown_kind_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown link kind 'mlp'"):
         InnerLink(8, kind="mlp")
+
+
+def test_saved_links_are_byte_identical_on_every_save(tmp_path):
+    """Same tensors, same file: reruns of link training can be compared by SHA-256."""
+    from recursivemas.config import EdgeConfig
+    from recursivemas.linkset import LinkSet
+
+    torch.manual_seed(0)
+    links = LinkSet({"a": 16, "b": 24}, [EdgeConfig("a", "b", "S")])
+    blobs = set()
+    for i in range(12):  # several keys of metadata would come out in hash-map order, differing between saves
+        links.save(tmp_path / f"links{i}.safetensors")
+        blobs.add((tmp_path / f"links{i}.safetensors").read_bytes())
+    assert len(blobs) == 1

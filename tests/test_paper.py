@@ -146,3 +146,13 @@ def test_one_run_per_work_dir(tmp_path):
         run_report(tmp_path / "system.yaml", tmp_path / "docs", budget="smoke", work_dir=work, log=lambda s: None)
     assert "in use" not in str(err.value)
     assert not (work / "lock").exists()
+
+
+def test_m0_note_says_costs_only_when_m0_wins():
+    from recursivemas.paper import _m0_note
+
+    chosen = {"latent_steps": 4, "rounds": 1, "accuracy": 0.9}
+    assert "costs accuracy" in _m0_note({"chosen": chosen, "best_any_m": {"latent_steps": 0, "rounds": 1, "accuracy": 0.92}})
+    tied = _m0_note({"chosen": chosen, "best_any_m": {"latent_steps": 0, "rounds": 1, "accuracy": 0.9}})
+    assert "tied" in tied and "costs" not in tied
+    assert _m0_note({"chosen": chosen, "best_any_m": chosen}) == ""

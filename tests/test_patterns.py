@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from recursivemas import System
 from recursivemas.cli import app
 from recursivemas.links import InnerLink, OuterLink
+from recursivemas.prefix import PrefixStore
 
 
 def mixture_config(tiny_agents, shared: bool) -> dict:
@@ -50,7 +51,8 @@ def test_mixture_experts_on_one_model_are_batched_without_changing_results(tiny_
             from recursivemas import latent_rollout
 
             expert_inputs[name] = latent_rollout(system.agents[name].model, system.links.inner[name], embeds, mask, steps=3)
-    grouped = system._rollout(["math", "code", "science"], ["What is 2 + 2?"], {n: {"FEEDBACK": [None]} for n in expert_inputs}, 1, 3, [batched.usage])
+    prefixes = PrefixStore(["What is 2 + 2?"])
+    grouped = system._rollout(["math", "code", "science"], prefixes, {n: {"FEEDBACK": [None]} for n in expert_inputs}, 1, 3, [batched.usage])
     for name, thoughts in expert_inputs.items():
         torch.testing.assert_close(grouped[name], thoughts, atol=1e-5, rtol=1e-4)
 

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-import recursivemas.prefix as prefix_module
 from recursivemas import InnerLink, System, latent_rollout
+from recursivemas.bundle import bundled_config
 from recursivemas.generation import generate
 from recursivemas.prefix import PrefixStore, prefix_length
 from recursivemas.slots import build_inputs
+from recursivemas.world import generate as world_problems
 from conftest import TINY_AGENTS, make_sequential_config
 
 QUESTIONS = ["What is 2 + 3?", "Tom has 4 apples, buys 7 more and eats one. How many are left?", "9 - 4?"]
@@ -33,17 +34,18 @@ def test_prefix_then_tail_equals_the_whole_prompt(tiny_agents, tmp_path, family)
         whole, mask = build_inputs(agent, QUESTIONS, fills)
         reference = latent_rollout(agent.model, link, whole, mask, steps=4)
         for _ in range(2):  # the second pass starts from the stored cache, untouched by the first
-            tail, tail_mask, past, _ = store.inputs([agent], {"planner": fills})
-            assert past is not None and tail.shape[1] < whole.shape[1]
-            torch.testing.assert_close(latent_rollout(agent.model, link, tail, tail_mask, steps=4, past=past), reference, atol=2e-5, rtol=1e-4)
+            tail = store.inputs([agent], {"planner": fills})
+            assert tail.past is not None and tail.embeds.shape[1] < whole.shape[1]
+            rolled = latent_rollout(agent.model, link, tail.embeds, tail.mask, steps=4, past=tail.past)
+            torch.testing.assert_close(rolled, reference, atol=2e-5, rtol=1e-4)
 
         ids, session = generate(agent.model, whole, mask, eos_token_ids=agent.eos_token_ids, max_new_tokens=6)
-        tail, tail_mask, past, encoded = store.inputs([agent], {"planner": fills})
-        reused, reused_session = generate(agent.model, tail, tail_mask, eos_token_ids=agent.eos_token_ids, max_new_tokens=6, past=past)
+        tail = store.inputs([agent], {"planner": fills})
+        reused, reused_session = generate(agent.model, tail.embeds, tail.mask, eos_token_ids=agent.eos_token_ids, max_new_tokens=6, past=tail.past)
     assert reused == ids
-    assert encoded == [0, 0, 0]  # already stored: nothing re-encoded
-    # every prompt position is still encoded exactly once
     cuts = [prefix_length(agent, q) for q in QUESTIONS]
+    assert tail.encoded == [0, 0, 0] and tail.reused == cuts  # already stored: read from the cache, not encoded
+    # every prompt position is still read exactly once
     assert [c + p for c, p in zip(cuts, reused_session.positions)] == session.positions
 
 
@@ -55,16 +57,28 @@ def test_prefix_stops_before_the_first_slot(tiny_agents, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["latent", "text"])
-def test_system_runs_the_same_with_and_without_reuse(sequential_config, monkeypatch, mode):
+def test_system_runs_the_same_with_and_without_reuse(sequential_config, mode):
     system = System.from_config(sequential_config)
     reused = system.run(QUESTIONS, mode=mode, rounds=3, latent_steps=3)
-    monkeypatch.setattr(prefix_module, "prefix_length", lambda agent, question: 0)  # no prefix: every prompt whole
-    whole = system.run(QUESTIONS, mode=mode, rounds=3, latent_steps=3)
+    whole = system.run(QUESTIONS, mode=mode, rounds=3, latent_steps=3, reuse_prefix=False)
     assert [r.text for r in reused] == [r.text for r in whole]
     assert [r.handoffs for r in reused] == [r.handoffs for r in whole]
     for a, b in zip(reused, whole):
-        # the same positions in all, but each agent's prefix encoded in round 1 only
-        assert a.usage.input_positions < b.usage.input_positions
+        # the same positions read in all, but each agent's prefix encoded in round 1 only and read from the cache later
+        assert a.usage.input_positions + a.usage.cached_positions == b.usage.input_positions
+        assert a.usage.input_positions < b.usage.input_positions and b.usage.cached_positions == 0
         for agent in ("planner", "critic"):
             first, later = ([s.input_positions for s in r.usage.steps if s.agent == agent] for r in (a, b))
             assert first[0] == later[0] and all(x < y for x, y in zip(first[1:], later[1:]))
+
+
+def test_tool_answers_reuse_the_prefix_row_by_row():
+    """The deliberation decoder answers one row at a time through the tool loop, each from its own row of the cache."""
+    system = System.from_config(bundled_config("deliberation"))
+    questions = [r["question"] for r in world_problems("test", 3)]
+    reused = system.run(questions, mode="latent", rounds=2)
+    whole = system.run(questions, mode="latent", rounds=2, reuse_prefix=False)
+    assert [r.text for r in reused] == [r.text for r in whole]
+    calls = [[(c["payload"], c["result"]) for c in r.tool_calls] for r in reused]
+    assert calls == [[(c["payload"], c["result"]) for c in r.tool_calls] for r in whole]
+    assert all(calls)  # the tool path really ran

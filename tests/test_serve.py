@@ -83,9 +83,13 @@ def test_latent_usage_counts_only_the_decoders_answer(client, system):
     # the decoder's prompt is its role prompt plus the M = 4 latent thoughts in its <<REFINED_PLAN>> slot
     assert latent["usage"]["prompt_tokens"] == single["usage"]["prompt_tokens"] + 4
     solver = system.agents["solver"]
+    from recursivemas.prefix import prefix_length
     from recursivemas.slots import build_inputs
 
     assert single["usage"]["prompt_tokens"] == int(build_inputs(solver, [QUESTION], {})[1].sum())
+    # its prompt prefix was encoded in its round-1 rollout and read from that cache in round 2
+    assert latent["usage"]["prompt_tokens_details"] == {"cached_tokens": prefix_length(solver, QUESTION)}
+    assert single["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
 def test_extensions_and_generation_settings(client, system):

@@ -30,7 +30,8 @@ class LinkSet(nn.Module):
     def save(self, path: str | Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         tmp = Path(path).with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "kind": self.kind})
+        # One metadata key: safetensors writes metadata in hash-map order, so two keys would make reruns differ in bytes.
+        save_file(state, str(tmp), metadata={"kind": self.kind})
         tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
 
     def _load_module(self, name: str, module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

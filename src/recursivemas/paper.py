@@ -736,13 +736,16 @@ def _headline(res: dict[str, Any]) -> list[str]:
 
 
 def _m0_note(res: dict[str, Any]) -> str:
-    """A sentence when passing nothing (m = 0) beat every latent length on validation."""
-    best = res["best_any_m"]
+    """A sentence when passing nothing (m = 0) beat or tied every latent length on validation."""
+    best, chosen = res["best_any_m"], res["chosen"]
     if best["latent_steps"] != 0:
         return ""
-    return (f" Passing no latents at all (m = 0, {best['rounds']} round(s)) scored best on validation "
-            f"({_pct(best['accuracy'])} vs {_pct(res['chosen']['accuracy'])} for the chosen m = {res['chosen']['latent_steps']}): "
-            "at this scale the latent channel costs accuracy.")
+    if best["accuracy"] > chosen["accuracy"]:
+        return (f" Passing no latents at all (m = 0, {best['rounds']} round(s)) scored best on validation "
+                f"({_pct(best['accuracy'])} vs {_pct(chosen['accuracy'])} for the chosen m = {chosen['latent_steps']}): "
+                "at this scale the latent channel costs accuracy.")
+    return (f" Passing no latents at all (m = 0, {best['rounds']} round(s)) tied the chosen m = {chosen['latent_steps']} "
+            f"on validation ({_pct(best['accuracy'])} both): at this scale the latent channel adds nothing measurable there.")
 
 
 def _same(x: dict[str, Any], y: dict[str, Any]) -> bool:

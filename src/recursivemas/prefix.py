@@ -40,6 +40,19 @@ class Past:
         return Past(cache, self.mask[i : i + 1])
 
 
+@dataclass
+class Tail:
+    """What a pass still has to encode after its prefix: left-padded ``embeds`` / ``mask``, the ``past`` to
+    start from (``None``: encode the rows whole), and per row the prefix positions this call ``encoded``
+    (its group's first call) or ``reused`` from an earlier call, for usage accounting."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    past: Past | None
+    encoded: list[int]
+    reused: list[int]
+
+
 def prefix_length(agent: Agent, question: str) -> int:
     """Token positions of ``agent``'s prompt reused across rounds: those before its first slot, less one."""
     text = ""
@@ -60,32 +73,26 @@ def encode_past(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> P
 class PrefixStore:
     """The prompt-prefix caches of one batch of questions, one per group of agents that run together."""
 
-    def __init__(self, questions: Sequence[str]) -> None:
-        self.questions = list(questions)
+    def __init__(self, questions: Sequence[str], reuse: bool = True) -> None:
+        self.questions, self.reuse = list(questions), reuse
         self._pasts: dict[tuple[str, ...], Past] = {}
 
-    def inputs(
-        self, agents: Sequence[Agent], fills: dict[str, dict[str, Sequence[SlotFill]]]
-    ) -> tuple[torch.Tensor, torch.Tensor, Past | None, list[int]]:
-        """Rows for ``agents`` (agent-major) minus their cached prefixes.
-
-        Returns ``(tail_embeds, tail_mask, past, encoded)``: ``past`` is a fresh copy of the prefix cache
-        (``None`` when some row has no prefix to reuse), and ``encoded`` counts, per row, the prefix positions
-        this call had to encode (non-zero only on a group's first call), for usage accounting.
-        """
+    def inputs(self, agents: Sequence[Agent], fills: dict[str, dict[str, Sequence[SlotFill]]]) -> Tail:
+        """Rows for ``agents`` (agent-major) minus their prefixes, with a fresh copy of the prefix cache."""
         rows, cuts = [], []
         for agent in agents:
             for i, q in enumerate(self.questions):
                 rows.append(row_embeddings(agent, q, fills[agent.name], i))
-                cuts.append(prefix_length(agent, q))
-        if min(cuts) == 0:  # nothing to reuse for some row: encode every row whole
+                cuts.append(prefix_length(agent, q) if self.reuse else 0)
+        if min(cuts) == 0:  # reuse is off, or some row has no prefix: encode every row whole
             embeds, mask = left_pad(rows)
-            return embeds, mask, None, [0] * len(rows)
-        key, encoded = tuple(a.name for a in agents), [0] * len(rows)
-        if key not in self._pasts:
+            return Tail(embeds, mask, None, [0] * len(rows), [0] * len(rows))
+        key = tuple(a.name for a in agents)
+        fresh = key not in self._pasts
+        if fresh:
             embeds, mask = left_pad([r[:c] for r, c in zip(rows, cuts)])
             self._pasts[key] = encode_past(agents[0].model, embeds, mask)
-            encoded = cuts
         past = self._pasts[key]
         embeds, mask = left_pad([r[c:] for r, c in zip(rows, cuts)])
-        return embeds, mask, Past(copy.deepcopy(past.cache), past.mask), encoded
+        none = [0] * len(rows)
+        return Tail(embeds, mask, Past(copy.deepcopy(past.cache), past.mask), cuts if fresh else none, none if fresh else cuts)

@@ -6,7 +6,8 @@ own role prompt, and the method answers one question at a time); anything else i
 ``usage`` is measured, not estimated: ``completion_tokens`` counts every token any agent generated (in
 latent mode, only the decoder's final answer), ``prompt_tokens`` the positions the decoding agent read in
 its final answer step that it did not write itself (its prompt, latent thoughts spliced into its slots,
-text hand-offs, tool results). The ``recursivemas`` object adds the per-agent, per-round accounting.
+text hand-offs, tool results), with ``prompt_tokens_details.cached_tokens`` the part of its prompt read
+from the KV cache of an earlier round (the prompt prefix, ``recursivemas.prefix``), as OpenAI reports it. The ``recursivemas`` object adds the per-agent, per-round accounting.
 
 ``System.run`` is not thread-safe, so one worker thread runs every request; greedy requests with the same
 settings that queue up while it is busy are run together as one batch (up to the system's batch size).
@@ -312,10 +313,11 @@ def answer_step(result: RunResult):
 
 
 def prompt_tokens(result: RunResult) -> int:
-    """Positions the decoder read in its answer step that it did not generate: every sampled token but the
-    last is fed back and counted as an input position, so those are subtracted."""
+    """Positions the decoder read in its answer step that it did not generate: what it encoded there plus its
+    prompt prefix read from the cache of an earlier round; every sampled token but the last is fed back and
+    counted as an input position, so those are subtracted."""
     step = answer_step(result)
-    return max(step.input_positions - max(step.generated_tokens - 1, 0), 0)
+    return max(step.input_positions + step.cached_positions - max(step.generated_tokens - 1, 0), 0)
 
 
 def finish_reason(result: RunResult, settings: Settings) -> str:
@@ -326,7 +328,9 @@ def finish_reason(result: RunResult, settings: Settings) -> str:
 def usage_of(results: list[RunResult]) -> dict[str, int]:
     prompt = sum(prompt_tokens(r) for r in results)
     completion = sum(r.usage.generated_tokens for r in results)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(answer_step(r).cached_positions for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def extension_of(results: list[RunResult], settings: Settings, batch: int) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from recursivemas.generation import DecodeSession, generate
 from recursivemas.graph import Graph, edge_name
 from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
-from recursivemas.prefix import PrefixStore
+from recursivemas.prefix import PrefixStore, Tail
 from recursivemas.rollout import latent_rollout
 from recursivemas.slots import SlotFill
 from recursivemas.tools.loop import run_tool_loop
@@ -117,8 +117,14 @@ class System:
         batch_size: int | None = None,
         seed: int | None = None,
         progress: bool = False,
+        reuse_prefix: bool = True,
     ) -> list[RunResult]:
-        """Answer each question; returns one ``RunResult`` per question, in order."""
+        """Answer each question; returns one ``RunResult`` per question, in order.
+
+        ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch and reuses its KV
+        cache in later rounds (``recursivemas.prefix``; a one-round run has nothing to reuse); turning it
+        off encodes every prompt whole, for checks.
+        """
         if isinstance(questions, str):
             questions = [questions]
         if mode not in MODES:
@@ -133,17 +139,18 @@ class System:
         bar = tqdm(total=len(questions), desc=f"{mode} x{rounds}", disable=not progress, unit="q")
         for start in range(0, len(questions), batch_size):
             batch = list(questions[start : start + batch_size])
-            results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, generator)
+            results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, generator, reuse_prefix)
             bar.update(len(batch))
         bar.close()
         return results
 
-    def _run_batch(self, questions: list[str], mode: str, rounds: int, steps: int, generator) -> list[RunResult]:
+    def _run_batch(self, questions: list[str], mode: str, rounds: int, steps: int, generator, reuse_prefix: bool) -> list[RunResult]:
         usages = [Usage() for _ in questions]
         handoffs: list[list[dict]] = [[] for _ in questions]
         tool_log: list[list[dict]] = [[] for _ in questions]
         decoder, max_answer = self.graph.decoder, self.config.generation.max_new_tokens
-        prefixes = PrefixStore(questions)  # each agent's prompt up to its first slot, encoded once for all rounds
+        # Each agent's prompt up to its first slot, encoded once for all rounds (nothing to reuse in one round).
+        prefixes = PrefixStore(questions, reuse=reuse_prefix and rounds > 1)
         if mode == "single":  # the decoding agent alone, every slot empty
             texts = self._decode(decoder, prefixes, {}, 1, "answer", max_answer, usages, generator, tool_log)
             return [RunResult(q, texts[i], mode, 1, 0, usages[i], tool_calls=tool_log[i]) for i, q in enumerate(questions)]
@@ -202,54 +209,62 @@ class System:
     def _rollout(self, names: list[str], prefixes: PrefixStore, fills, round_: int, steps: int, usages: list[Usage]) -> dict[str, torch.Tensor]:
         """Latent rollouts of agents sharing one model, batched together; each row uses its own agent's inner link."""
         model, n = self.agents[names[0]].model, len(prefixes.questions)
+        if steps == 0:  # nothing to pass on (the m = 0 ablation): encode nothing
+            for name in names:
+                for i in range(n):
+                    usages[i].steps.append(StepUsage(name, round_, "latent", 0, 0, 0, 0, 0.0))
+            return {name: torch.zeros(n, 0, self.agents[name].hidden_size) for name in names}
         start = time.perf_counter()
-        embeds, mask, past, encoded = prefixes.inputs([self.agents[name] for name in names], fills)
+        tail = prefixes.inputs([self.agents[name] for name in names], fills)
         inner = [self.links.inner[name] for name in names]
         link = inner[0] if len(names) == 1 else (lambda h: torch.cat([fn(h[k * n : (k + 1) * n]) for k, fn in enumerate(inner)]))
-        thoughts = latent_rollout(model, link, embeds, mask, steps=steps, past=past)
-        seconds = (time.perf_counter() - start) / len(encoded)
-        calls = steps + (steps > 0 and any(encoded))  # the prefix pass, when this call made it
-        lengths = mask.sum(-1).tolist()
+        thoughts = latent_rollout(model, link, tail.embeds, tail.mask, steps=steps, past=tail.past)
+        seconds = (time.perf_counter() - start) / len(tail.encoded)
+        calls = steps + any(tail.encoded)  # the prefix pass, when this call made it
+        lengths = tail.mask.sum(-1).tolist()
         for k, name in enumerate(names):
             for i in range(n):
-                row = k * n + i  # the prompt (its reused prefix counted once), then one position per fed-back thought
-                positions = encoded[row] + lengths[row] + max(steps - 1, 0)
-                usages[i].steps.append(StepUsage(name, round_, "latent", 0, steps, calls, positions, seconds))
+                row = k * n + i  # the prompt (a reused prefix is cached, not encoded), then one position per fed-back thought
+                positions = tail.encoded[row] + lengths[row] + max(steps - 1, 0)
+                usages[i].steps.append(
+                    StepUsage(name, round_, "latent", 0, steps, calls, positions, seconds, cached_positions=tail.reused[row])
+                )
         return {name: thoughts[k * n : (k + 1) * n] for k, name in enumerate(names)}
 
     def _decode(self, name: str, prefixes: PrefixStore, fills, round_: int, action: str, max_new: int, usages, generator, tool_log=None) -> list[str]:
         agent = self.agents[name]
         gen = self.config.generation
         start = time.perf_counter()
-        embeds, mask, past, encoded = prefixes.inputs([agent], {name: fills})
+        tail = prefixes.inputs([agent], {name: fills})
         if action == "answer" and self.tool_loop is not None:
-            return self._decode_with_tools(agent, embeds, mask, past, encoded, round_, max_new, usages, generator, start, tool_log)
+            return self._decode_with_tools(agent, tail, round_, max_new, usages, generator, start, tool_log)
         ids, session = generate(
             agent.model,
-            embeds,
-            mask,
+            tail.embeds,
+            tail.mask,
             eos_token_ids=agent.eos_token_ids,
             max_new_tokens=max_new,
             temperature=gen.temperature,
             top_p=gen.top_p,
             generator=generator,
-            past=past,
+            past=tail.past,
         )
         seconds = (time.perf_counter() - start) / len(ids)
-        calls = session.forward_calls + any(encoded)
+        calls = session.forward_calls + any(tail.encoded)
         for i, row in enumerate(ids):
-            usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, calls, encoded[i] + session.positions[i], seconds))
+            positions = tail.encoded[i] + session.positions[i]
+            usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, calls, positions, seconds, cached_positions=tail.reused[i]))
         return [agent.decode(row) for row in ids]
 
-    def _decode_with_tools(self, agent: Agent, embeds, mask, past, encoded, round_, max_new, usages, generator, start, tool_log) -> list[str]:
+    def _decode_with_tools(self, agent: Agent, tail: Tail, round_, max_new, usages, generator, start, tool_log) -> list[str]:
         """The final answer with a tool loop, one question at a time (each has its own calls and results)."""
         gen, texts = self.config.generation, []
-        shared = (time.perf_counter() - start) / embeds.shape[0]  # each row's share of building the inputs and prefix
-        for i in range(embeds.shape[0]):
+        shared = (time.perf_counter() - start) / len(tail.encoded)  # each row's share of building the inputs and prefix
+        for i in range(len(tail.encoded)):
             row_start = time.perf_counter()
             session = DecodeSession(agent.model, agent.eos_token_ids)
-            keep = mask[i].bool()
-            session.prefill(embeds[i : i + 1, keep], mask[i : i + 1, keep], None if past is None else past.row(i))
+            keep = tail.mask[i].bool()
+            session.prefill(tail.embeds[i : i + 1, keep], tail.mask[i : i + 1, keep], None if tail.past is None else tail.past.row(i))
             loop, generated = self.tool_loop, []
             loop.reset()
 
@@ -270,8 +285,11 @@ class System:
             if tool_log is not None:
                 tool_log[i].extend(asdict(c) for c in loop.calls)
             seconds = time.perf_counter() - row_start + shared
-            calls = session.forward_calls + bool(encoded[i])
-            usages[i].steps.append(StepUsage(agent.name, round_, "answer", len(generated), 0, calls, encoded[i] + session.positions[0], seconds))
+            calls = session.forward_calls + bool(tail.encoded[i])
+            positions = tail.encoded[i] + session.positions[0]
+            usages[i].steps.append(
+                StepUsage(agent.name, round_, "answer", len(generated), 0, calls, positions, seconds, cached_positions=tail.reused[i])
+            )
         return texts
 
     def __repr__(self) -> str:

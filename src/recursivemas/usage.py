@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-COUNTERS = ("generated_tokens", "latent_steps", "forward_calls", "input_positions", "wall_time_s")
+COUNTERS = ("generated_tokens", "latent_steps", "forward_calls", "input_positions", "cached_positions", "wall_time_s")
 
 
 @dataclass
@@ -13,6 +13,8 @@ class StepUsage:
 
     ``forward_calls`` and ``wall_time_s`` are shared by the questions batched together: calls count the
     batched forward passes the question took part in, time is the batch's time divided by its size.
+    ``input_positions`` are the positions this step encoded; ``cached_positions`` those it read from a KV
+    cache an earlier step of the same agent encoded (its prompt prefix, ``recursivemas.prefix``).
     """
 
     agent: str
@@ -23,6 +25,7 @@ class StepUsage:
     forward_calls: int = 0
     input_positions: int = 0
     wall_time_s: float = 0.0
+    cached_positions: int = 0
 
 
 @dataclass
@@ -47,6 +50,10 @@ class Usage:
     @property
     def input_positions(self) -> int:
         return int(self.total("input_positions"))
+
+    @property
+    def cached_positions(self) -> int:
+        return int(self.total("cached_positions"))
 
     @property
     def wall_time_s(self) -> float:

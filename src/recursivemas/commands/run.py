@@ -16,12 +16,12 @@ console = Console()
 def usage_table(result) -> Table:
     """Per agent and round: what each step cost, then the totals."""
     table = Table(title=f"{result.mode} mode, {result.rounds} round(s)")
-    for column in ("round", "agent", "action", "generated tokens", "latent steps", "forward calls", "input positions", "wall time (s)"):
+    for column in ("round", "agent", "action", "generated tokens", "latent steps", "forward calls", "input positions", "cached positions", "wall time (s)"):
         table.add_column(column, justify="right" if column not in ("agent", "action") else "left")
     for s in result.usage.steps:
-        table.add_row(str(s.round), s.agent, s.action, str(s.generated_tokens), str(s.latent_steps), str(s.forward_calls), str(s.input_positions), f"{s.wall_time_s:.3f}")
+        table.add_row(str(s.round), s.agent, s.action, str(s.generated_tokens), str(s.latent_steps), str(s.forward_calls), str(s.input_positions), str(s.cached_positions), f"{s.wall_time_s:.3f}")
     t = result.usage
-    table.add_row("", "total", "", str(t.generated_tokens), str(t.latent_steps), str(t.forward_calls), str(t.input_positions), f"{t.wall_time_s:.3f}", style="bold")
+    table.add_row("", "total", "", str(t.generated_tokens), str(t.latent_steps), str(t.forward_calls), str(t.input_positions), str(t.cached_positions), f"{t.wall_time_s:.3f}", style="bold")
     return table
 
 
