@@ -1,4 +1,4 @@
-"""Encode each agent's prompt prefix once per batch and reuse its KV cache in every round.
+"""Encode each agent's prompt prefix once per batch and reuse its KV cache in later rounds.
 
 Everything in an agent's prompt before its first slot (chat template, system prompt, the question) is
 the same in every round; only the slots and what follows them change. ``PrefixStore`` encodes those
