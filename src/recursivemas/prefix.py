@@ -76,14 +76,16 @@ class PrefixStore:
     def __init__(self, questions: Sequence[str], reuse: bool = True) -> None:
         self.questions, self.reuse = list(questions), reuse
         self._pasts: dict[tuple[str, ...], Past] = {}
+        self._cuts: dict[str, list[int]] = {}  # per agent, each question's prefix length (tokenized once)
 
     def inputs(self, agents: Sequence[Agent], fills: dict[str, dict[str, Sequence[SlotFill]]]) -> Tail:
         """Rows for ``agents`` (agent-major) minus their prefixes, with a fresh copy of the prefix cache."""
         rows, cuts = [], []
         for agent in agents:
-            for i, q in enumerate(self.questions):
-                rows.append(row_embeddings(agent, q, fills[agent.name], i))
-                cuts.append(prefix_length(agent, q) if self.reuse else 0)
+            rows += [row_embeddings(agent, q, fills[agent.name], i) for i, q in enumerate(self.questions)]
+            if agent.name not in self._cuts:
+                self._cuts[agent.name] = [prefix_length(agent, q) if self.reuse else 0 for q in self.questions]
+            cuts += self._cuts[agent.name]
         if min(cuts) == 0:  # reuse is off, or some row has no prefix: encode every row whole
             embeds, mask = left_pad(rows)
             return Tail(embeds, mask, None, [0] * len(rows), [0] * len(rows))
