@@ -52,7 +52,6 @@ class Agent:
         self.hidden_size: int = model.get_input_embeddings().weight.shape[1]
         self.embedding = model.get_input_embeddings()
         self.eos_token_ids = self._eos_ids()
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
         self.template = self._split(self.render(config.prompt))
 
     def _eos_ids(self) -> set[int]:
