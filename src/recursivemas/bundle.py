@@ -48,12 +48,10 @@ def train_bundled_links(name: str, *, steps: int = 150, inner_steps: int = 100, 
     data = yaml.safe_load(path.read_text())
     data["links"] = {**data.get("links", {}), "checkpoint": None}  # start from fresh links
     system = System.from_config({**data, "base_dir": str(CONFIGS)})
-    if latent_steps is not None:
-        system.config.latent_steps = latent_steps
     # Rollout latents: the outer links train on the free-running thoughts inference will feed them. Teacher-forced
     # latents (the sender's states over its gold text) left the bundled solver at 30% vs 42% (docs/zoo.md).
     settings = dict(stage="all", steps=steps, inner_steps=inner_steps, lr=1e-3, batch_size=8, seed=seed, progress=True,
-                    eval_generate=False, latent_source="rollout")
+                    eval_generate=False, latent_source="rollout", latent_steps=latent_steps)
     settings.update(overrides)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -153,17 +153,13 @@ class Batcher:
     def _run(self, jobs: list[_Job]) -> None:
         s = jobs[0].settings
         questions = [q for job in jobs for q in job.questions]
-        generation = self.system.config.generation
-        saved = replace(generation)
-        generation.max_new_tokens, generation.temperature, generation.top_p = s.max_tokens, s.temperature, s.top_p
+        generation = replace(self.system.config.generation, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
         try:
-            results = self.system.run(questions, mode=s.mode, rounds=s.rounds, latent_steps=s.latent_steps, seed=s.seed)
+            results = self.system.run(questions, mode=s.mode, rounds=s.rounds, latent_steps=s.latent_steps, seed=s.seed, generation=generation)
         except BaseException as err:  # every waiting request gets the error, the worker lives on
             for job in jobs:
                 job.future.set_exception(err)
             return
-        finally:
-            generation.max_new_tokens, generation.temperature, generation.top_p = saved.max_new_tokens, saved.temperature, saved.top_p
         start = 0
         for job in jobs:
             job.future.set_result((results[start : start + len(job.questions)], len(questions)))

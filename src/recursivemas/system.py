@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recursivemas.agent import Agent, load_model_and_tokenizer
-from recursivemas.config import ConfigError, SystemConfig, dump_config, load_config
+from recursivemas.config import ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
 from recursivemas.generation import DecodeSession, generate
 from recursivemas.graph import Graph, edge_name
 from recursivemas.links import LatentMASLink
@@ -118,8 +118,12 @@ class System:
         seed: int | None = None,
         progress: bool = False,
         reuse_prefix: bool = True,
+        generation: GenerationConfig | None = None,
     ) -> list[RunResult]:
         """Answer each question; returns one ``RunResult`` per question, in order.
+
+        ``generation`` overrides the system file's decoding settings for this call alone (the system is
+        never mutated, so concurrent callers with different settings cannot see each other's).
 
         ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch and reuses its KV
         cache in later rounds (``recursivemas.prefix``; a one-round run has nothing to reuse); turning it
@@ -134,25 +138,26 @@ class System:
         if rounds < 1 or steps < 0:
             raise ValueError(f"need rounds >= 1 and latent_steps >= 0; got {rounds}, {steps}")
         batch_size = batch_size or self.config.batch_size
+        gen = self.config.generation if generation is None else generation
         generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
         results: list[RunResult] = []
         bar = tqdm(total=len(questions), desc=f"{mode} x{rounds}", disable=not progress, unit="q")
         for start in range(0, len(questions), batch_size):
             batch = list(questions[start : start + batch_size])
-            results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, generator, reuse_prefix)
+            results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, gen, generator, reuse_prefix)
             bar.update(len(batch))
         bar.close()
         return results
 
-    def _run_batch(self, questions: list[str], mode: str, rounds: int, steps: int, generator, reuse_prefix: bool) -> list[RunResult]:
+    def _run_batch(self, questions: list[str], mode: str, rounds: int, steps: int, gen: GenerationConfig, generator, reuse_prefix: bool) -> list[RunResult]:
         usages = [Usage() for _ in questions]
         handoffs: list[list[dict]] = [[] for _ in questions]
         tool_log: list[list[dict]] = [[] for _ in questions]
-        decoder, max_answer = self.graph.decoder, self.config.generation.max_new_tokens
+        decoder, max_answer = self.graph.decoder, gen.max_new_tokens
         # Each agent's prompt up to its first slot, encoded once for all rounds (nothing to reuse in one round).
         prefixes = PrefixStore(questions, reuse=reuse_prefix and rounds > 1)
         if mode == "single":  # the decoding agent alone, every slot empty
-            texts = self._decode(decoder, prefixes, {}, 1, "answer", max_answer, usages, generator, tool_log)
+            texts = self._decode(decoder, prefixes, {}, 1, "answer", max_answer, usages, gen, generator, tool_log)
             return [RunResult(q, texts[i], mode, 1, 0, usages[i], tool_calls=tool_log[i]) for i, q in enumerate(questions)]
         feedback: dict[str, list[SlotFill]] = {}
         for r in range(1, rounds + 1):
@@ -181,14 +186,14 @@ class System:
                     if self.graph.active(agent, final)
                 }
                 if final and decoder in fills:
-                    texts = self._decode(decoder, prefixes, fills.pop(decoder), r, "answer", max_answer, usages, generator, tool_log)
+                    texts = self._decode(decoder, prefixes, fills.pop(decoder), r, "answer", max_answer, usages, gen, generator, tool_log)
                 if mode == "latent":
                     for group in self._same_model_groups(list(fills)):
                         for agent, thoughts in self._rollout(group, prefixes, fills, r, steps, usages).items():
                             send(agent, thoughts)
                     continue
                 for agent, agent_fills in fills.items():
-                    msgs = self._decode(agent, prefixes, agent_fills, r, "text", self.config.generation.handoff_max_new_tokens, usages, generator)
+                    msgs = self._decode(agent, prefixes, agent_fills, r, "text", gen.handoff_max_new_tokens, usages, gen, generator)
                     receivers = [e.dst for e in self.graph.outgoing(agent) if not (final and e.feedback)]
                     for i, msg in enumerate(msgs):
                         handoffs[i].append({"round": r, "from": agent, "to": receivers, "text": msg})
@@ -231,13 +236,12 @@ class System:
                 )
         return {name: thoughts[k * n : (k + 1) * n] for k, name in enumerate(names)}
 
-    def _decode(self, name: str, prefixes: PrefixStore, fills, round_: int, action: str, max_new: int, usages, generator, tool_log=None) -> list[str]:
+    def _decode(self, name: str, prefixes: PrefixStore, fills, round_: int, action: str, max_new: int, usages, gen: GenerationConfig, generator, tool_log=None) -> list[str]:
         agent = self.agents[name]
-        gen = self.config.generation
         start = time.perf_counter()
         tail = prefixes.inputs([agent], {name: fills})
         if action == "answer" and self.tool_loop is not None:
-            return self._decode_with_tools(agent, tail, round_, max_new, usages, generator, start, tool_log)
+            return self._decode_with_tools(agent, tail, round_, max_new, usages, gen, generator, start, tool_log)
         ids, session = generate(
             agent.model,
             tail.embeds,
@@ -256,9 +260,9 @@ class System:
             usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, calls, positions, seconds, cached_positions=tail.reused[i]))
         return [agent.decode(row) for row in ids]
 
-    def _decode_with_tools(self, agent: Agent, tail: Tail, round_, max_new, usages, generator, start, tool_log) -> list[str]:
+    def _decode_with_tools(self, agent: Agent, tail: Tail, round_, max_new, usages, gen: GenerationConfig, generator, start, tool_log) -> list[str]:
         """The final answer with a tool loop, one question at a time (each has its own calls and results)."""
-        gen, texts = self.config.generation, []
+        texts = []
         shared = (time.perf_counter() - start) / len(tail.encoded)  # each row's share of building the inputs and prefix
         for i in range(len(tail.encoded)):
             row_start = time.perf_counter()

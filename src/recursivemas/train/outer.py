@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -110,7 +110,7 @@ def unroll(system: Any, records: Sequence[dict], cfg: Any, source: str = "teache
                 thoughts = inner(torch.cat(states, dim=0))
             else:
                 embeds, mask = build_inputs(agent, questions, fills)
-                rolled = latent_rollout(agent.model, inner, embeds, mask, steps=system.config.latent_steps)
+                rolled = latent_rollout(agent.model, inner, embeds, mask, steps=system.config.latent_steps if cfg.latent_steps is None else cfg.latent_steps)
                 counts = [rolled.shape[1]] * batch
                 thoughts = rolled.reshape(-1, rolled.shape[-1])
             for e in sends:
@@ -149,19 +149,12 @@ def answer_metrics(system: Any, records: Sequence[dict], cfg: Any, source: str =
 def exact_match(system: Any, records: Sequence[dict], cfg: Any) -> float:
     """Share of records whose greedy latent-mode answer equals the gold answer text (stripped)."""
     field_ = role_targets(system)[system.graph.decoder]
-    gen = system.config.generation
-    saved = (gen.temperature, gen.top_p)
-    gen.temperature, gen.top_p = 0.0, 1.0
-    try:
-        results = system.run([r["question"] for r in records], mode="latent", rounds=cfg.rounds or None, batch_size=cfg.eval_batch_size)
-    finally:
-        gen.temperature, gen.top_p = saved
+    greedy = replace(system.config.generation, temperature=0.0, top_p=1.0)
+    results = system.run([r["question"] for r in records], mode="latent", rounds=cfg.rounds or None, batch_size=cfg.eval_batch_size, generation=greedy)
     return sum(res.text.strip() == r[field_].strip() for res, r in zip(results, records)) / len(records)
 
 
 def _no_ckpt(cfg: Any) -> Any:
-    from dataclasses import replace
-
     return replace(cfg, gradient_checkpointing=False)
 
 

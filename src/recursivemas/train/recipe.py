@@ -58,6 +58,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm (per agent's inner link in the inner loop); 0 = off
     seed: int = 0
     rounds: int | None = None  # defaults to the system's rounds
+    latent_steps: int | None = None  # rollout latents: thoughts per agent (defaults to the system's latent_steps)
+    link_init: str | None = None  # outer links: random | ridge (defaults to the system file's links.init)
     latent_source: str = "teacher"  # teacher | rollout | mixed
     rollout_share: float = 1.0  # mixed: probability of a rollout step at the end of training (0 at the start)
     max_latent_tokens: int = 80  # teacher latents: first positions of the sender's target
@@ -93,6 +95,8 @@ class TrainConfig:
             (0 <= self.rollout_share <= 1, f"rollout_share must lie in [0, 1], got {self.rollout_share}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.rounds is None or self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
+            (self.latent_steps is None or self.latent_steps >= 1, f"latent_steps must be >= 1, got {self.latent_steps}"),
+            (self.link_init in (None, "random", "ridge"), f"link_init {self.link_init!r} is unknown; choose 'random' or 'ridge'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -271,7 +275,7 @@ def _run_stage(name, system, records, eval_records, cfg: TrainConfig, out: Path,
         stage.load_state_tensors(state.tensors())
         run.summary = state.meta.get("summary", {})
         return run
-    if name == "outer" and state is None and system.config.links.init == "ridge":
+    if name == "outer" and state is None and (cfg.link_init or system.config.links.init) == "ridge":
         fits = ridge_init_outer(system, records[: cfg.ridge_records], cfg)
         log.write({"stage": name, "step": 0, "ridge_init_cosine": fits})
     params = _params(stage)
