@@ -23,12 +23,11 @@ from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.prefix import PrefixStore, Tail
 from recursivemas.rollout import latent_rollout
-from recursivemas.rounds import PROBES, Mailbox
+from recursivemas.rounds import MODES, PROBES, Mailbox
 from recursivemas.slots import Input, SlotFill
 from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
-MODES = ("latent", "text", "single")
 CONFIG_NAME, LINKS_NAME = "system.yaml", "links.safetensors"
 
 
