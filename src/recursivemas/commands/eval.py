@@ -20,7 +20,7 @@ def _load_system(path: Path) -> Any:
     try:
         from recursivemas import System
 
-        return System.from_pretrained(str(path)) if path.is_dir() else System.from_config(str(path))
+        return System.load(path)
     except Exception as exc:  # noqa: BLE001 - show the loader's own message, nothing else
         _fail(f"could not load system {path}: {exc}", code=1)
 
