@@ -14,7 +14,6 @@ Settings come from the system file's ``training:`` section, overridden by the ca
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import platform
@@ -33,6 +32,7 @@ from recursivemas.train.data import BatchSchedule, split_holdout
 from recursivemas.train.distributed import Dist
 from recursivemas.train.inner import InnerStage
 from recursivemas.train.outer import LATENT_SOURCES, OuterStage, ridge_init_outer
+from recursivemas.validation import check_keys, check_types
 
 STAGES = ("inner", "outer", "all")
 LOG_NAME, SUMMARY_NAME, REPORT_NAME = "train_log.jsonl", "summary.json", "report.md"
@@ -105,14 +105,10 @@ class TrainConfig:
     @classmethod
     def from_sources(cls, section: dict[str, Any] | None, **overrides: Any) -> "TrainConfig":
         """The system file's ``training:`` section, then ``overrides`` (None values are ignored)."""
-        allowed = [f.name for f in fields(cls)]
-        values = dict(section or {})
-        for key in values:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
-                raise ValueError(f"training: unknown key {key!r}; {hint}")
+        values = dict(section or {}) if isinstance(section, dict) or section is None else section
+        check_keys("training", values, [f.name for f in fields(cls)])
         values.update({k: v for k, v in overrides.items() if v is not None})
+        check_types("training", values, cls)
         return cls(**values)
 
     def stages(self) -> list[str]:
