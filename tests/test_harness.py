@@ -259,3 +259,36 @@ def test_bench_appends_under_its_own_heading(tmp_path: Path) -> None:
     args = SimpleNamespace(system="sys.yaml", task="toy", split="test")
     block = bench.section(recs, args, "python bench/eval_efficiency.py")
     assert "| 3 | 32 | 6 |" in block and "4.00x" in block and json.dumps(block)
+
+
+def test_a_second_writer_is_locked_out_naming_the_holder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom recursivemas.eval.harness import lock_output\n"
+         "with lock_output(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        system = FakeSystem()
+        with pytest.raises(harness.OutputLockedError, match=rf"r\.jsonl is being written by another evaluation \(pid {holder.pid},"):
+            evaluate(system, EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)
+        assert system.calls == [] and not out.exists(), "the second writer ran questions or wrote records"
+    finally:
+        holder.kill()
+        holder.wait()
+    recs = evaluate(FakeSystem(), EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)  # killed holder: lock gone
+    assert len(recs) == 6
+
+
+def test_duplicate_records_are_counted_once(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    recs = evaluate(FakeSystem(), EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)
+    out.write_text(out.read_text() * 2)  # what two unlocked evaluations on one --out used to leave
+    assert len(read_records(out, unique=False)) == 12 and len(read_records(out)) == 6
+    rows = summarize(read_records(out, unique=False))
+    assert [r["n"] for r in rows] == [6] and rows[0]["accuracy"] == pytest.approx(accuracy(recs))
+    again = FakeSystem()
+    assert len(evaluate(again, EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)) == 6 and again.calls == []
