@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import numbers
 import struct
 from dataclasses import fields
 from pathlib import Path
@@ -59,10 +60,10 @@ def _matches(value: Any, kind: str) -> bool:
         return True
     if kind == "bool":  # only a real boolean: the string "false" is truthy and must not switch anything on
         return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int":  # numbers.Integral: numpy integers from a caller's own code are integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if kind == "str":
         return isinstance(value, str)
     if kind == "Path":

@@ -82,6 +82,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_types("training", {f.name: getattr(self, f.name) for f in fields(self)}, type(self))  # "3" is not 3
         checks = [
             (self.stage in STAGES, f"stage {self.stage!r} is unknown; choose one of {', '.join(STAGES)}"),
             (self.method in METHODS, f"method {self.method!r} is unknown; choose one of {', '.join(METHODS)}"),
@@ -108,7 +109,6 @@ class TrainConfig:
         values = dict(section or {}) if isinstance(section, dict) or section is None else section
         check_keys("training", values, [f.name for f in fields(cls)])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        check_types("training", values, cls)
         return cls(**values)
 
     def stages(self) -> list[str]:
