@@ -381,22 +381,6 @@ def test_every_broken_system_file_is_a_clear_error(sequential_config, tmp_path, 
     print(f"\nbroken system files: {len(cases) + 1} tried, {len(cases) + 1} clear errors")  # quoted in docs/training.md
 
 
-def test_a_string_never_turns_on_remote_code(sequential_config, tmp_path):
-    """In a subprocess, as users run it: `trust_remote_code: "false"` stops before any model code runs."""
-    import subprocess
-    import sys
-
-    cfg = copy.deepcopy(sequential_config)
-    cfg.pop("base_dir")
-    cfg["agents"]["critic"]["trust_remote_code"] = "false"
-    path = tmp_path / "system.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-c", "from recursivemas.cli import main; main()", "run", "--system", str(path), "-q", "hi"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: agents.critic.trust_remote_code must be true or false (unquoted), got str 'false'")
-
-
 def test_training_section_is_checked_before_any_model_loads(sequential_config, monkeypatch):
     import recursivemas.agent
 

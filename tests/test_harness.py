@@ -266,10 +266,11 @@ def test_a_second_writer_is_locked_out_naming_the_holder(tmp_path: Path) -> None
     import sys
 
     out = tmp_path / "r.jsonl"
+    # another process holding the lock file as the harness does (flock, its pid inside); plain Python, fast to start
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom recursivemas.eval.harness import lock_output\n"
-         "with lock_output(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n", str(out)],
-        stdout=subprocess.PIPE, text=True, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+        [sys.executable, "-c", "import fcntl, os, sys, time\nfd = os.open(sys.argv[1] + '.lock', os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, f'{os.getpid()}\\n'.encode())\nprint('locked', flush=True)\ntime.sleep(60)\n",
+         str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         system = FakeSystem()
