@@ -10,6 +10,7 @@ here, at load time, never a dummy result later.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from recursivemas.tools.loop import Tool, ToolCall, ToolLoop, limit_message, run_tool_loop
@@ -57,7 +58,7 @@ _POSITIVE_NUMBERS = {"timeout_s", "memory_mb", "cpu_s", "max_file_mb"}
 
 def _check_number(where: str, value: Any, integer: bool) -> None:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not value > 0 or value != value or value == float("inf"):
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or value <= 0:
         kind = "an integer" if integer else "a finite number"
         raise ValueError(f"tools.{where} must be > 0 ({kind}), got {value!r}")
 
