@@ -42,17 +42,44 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1  # hub ids are "name" or "org/name"
 
 
+_PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_dir(model_path: str) -> None:
+    """A local model directory must exist and hold safetensors weights: pickled weights are never loaded."""
+    path = Path(model_path)
+    if not path.is_dir():
+        if _looks_local(model_path) or path.exists():
+            raise ConfigError(f"model path {model_path!r} does not exist; point 'model' at a local model directory or a hub id like 'org/name'")
+        return  # a hub id
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model directory {model_path!r} has no config.json; point 'model' at a directory written by save_pretrained")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in _PICKLED for p in path.glob(pattern))
+        if pickled:
+            raise ConfigError(
+                f"model directory {model_path!r} holds only pickled weights ({', '.join(pickled[:3])}), which are never loaded "
+                f"(unpickling can run code); convert them once to safetensors (model.save_pretrained(dir) writes model.safetensors)"
+            )
+        raise ConfigError(f"model directory {model_path!r} has no *.safetensors weights")
+
+
 def load_model_and_tokenizer(config: AgentConfig, model_path: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Load a frozen causal LM and its tokenizer from a local directory or a hub id."""
-    if not Path(model_path).is_dir() and _looks_local(model_path):
-        raise ConfigError(f"model path {model_path!r} does not exist; point 'model' at a local model directory or a hub id like 'org/name'")
-    kwargs = dict(trust_remote_code=config.trust_remote_code, revision=config.revision)
+    check_model_dir(model_path)
+    # `is True`: only a real boolean may run a model directory's own code (load_config checks the type too)
+    kwargs = dict(trust_remote_code=config.trust_remote_code is True, revision=config.revision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[config.dtype], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[config.dtype], use_safetensors=True, **kwargs)
     except OSError as err:
         raise ConfigError(f"could not load model {model_path!r}: {err}. Is the path right, or the hub reachable?") from err
-    model.to(config.device).eval().requires_grad_(False)
+    except Exception as err:  # noqa: BLE001 - a broken config.json, tokenizer or weight file: name the model
+        raise ConfigError(f"could not load model {model_path!r}: {type(err).__name__}: {err}") from err
+    try:
+        model.to(config.device).eval().requires_grad_(False)
+    except (RuntimeError, AssertionError) as err:  # e.g. a device that exists but cannot take this model
+        raise ConfigError(f"could not place model {model_path!r} on device {config.device!r}: {err}") from err
     return model, tokenizer
 
 
@@ -66,7 +93,13 @@ class Agent:
         self.hidden_size: int = model.get_input_embeddings().weight.shape[1]
         self.embedding = model.get_input_embeddings()
         self.eos_token_ids = self._eos_ids()
-        self.template = self._split(self.render(config.prompt))
+        try:
+            self.template = self._split(self.render(config.prompt))
+        except Exception as err:  # noqa: BLE001 - a Jinja template can raise anything: name the agent and the fix
+            raise ConfigError(
+                f"agent {name!r}: its chat template failed to render the prompt ({type(err).__name__}: {err}); "
+                f"fix or remove agents.{name}.chat_template (or the tokenizer's template)"
+            ) from err
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
