@@ -4,11 +4,11 @@ Every caller (code grading, the ``<python>`` tool) goes through :func:`run_pytho
 first (``docs/sandbox.md`` says what each one guarantees, where it stops, and how it is tested):
 
 1. OS isolation, when this machine allows it (``isolation()`` says which level is in use): the
-   supervisor ``unshare``\ s (via ctypes) new mount, PID, network, IPC and UTS namespaces (plus a user
+   supervisor calls ``unshare`` (via ctypes) for new mount, PID, network, IPC and UTS namespaces (plus a user
    namespace when not root). Its first child, PID 1 of the new PID namespace, builds a minimal root
    on a tmpfs: read-only binds of only the interpreter's directories and the system library dirs,
    ``/dev/{null,zero,random,urandom}``, ``/etc/ld.so.cache``, and a size-capped tmpfs ``/tmp`` that
-   holds the working directory. It ``pivot_root``\ s into it and detaches the host's root, so no host
+   holds the working directory. It calls ``pivot_root`` into it and detaches the host's root, so no host
    file, directory or unix socket can be named. It then drops every capability (bounding, effective,
    permitted, inheritable, ambient), sets ``no_new_privs`` and, as root, becomes a fresh unused uid.
    The network namespace has only a down loopback. When PID 1 exits (after the program's first
