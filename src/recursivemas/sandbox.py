@@ -428,6 +428,46 @@ def _drop_privileges(cfg: dict) -> None:
         raise OSError("capabilities or root survived the drop")
 
 
+# Syscalls the program never needs and that widen the kernel surface or reopen the host: new
+# namespaces (a nested user namespace hands out capabilities again), mounts, handles, tracing,
+# BPF, keyrings, io_uring, modules. clone() is allowed unless it asks for a user namespace; clone3's
+# flags sit in memory a filter cannot read, so it gets ENOSYS and libc falls back to clone().
+_DENIED = {
+    "x86_64": (0xC000003E, 56, 435, (272, 308, 165, 166, 155, 161, 101, 321, 298, 323, 250, 248, 249, 304, 303,
+                                     246, 175, 313, 176, 428, 429, 430, 431, 432, 442, 425, 310, 311)),
+    "aarch64": (0xC00000B7, 220, 435, (97, 268, 40, 39, 41, 51, 117, 280, 241, 282, 219, 217, 218, 265, 264,
+                                       104, 105, 273, 106, 428, 429, 430, 431, 432, 442, 425, 270, 271)),
+}
+
+
+def _install_seccomp() -> bool:
+    """A small seccomp filter denying ``_DENIED`` with EPERM; False on an architecture it lacks."""
+    import ctypes
+
+    spec = _DENIED.get(os.uname().machine)
+    if spec is None:
+        return False
+    arch, clone, clone3, denied = spec
+    ld_w, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JGE, JSET, RET|K
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    prog = [(ld_w, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, eperm), (ld_w, 0, 0, 0),
+            (jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # other ABIs (x32) are denied outright
+    tail = [(jeq, 0, 2, clone), (ld_w, 0, 0, 16), (jset, 3, 2, 0x10000000),  # clone(CLONE_NEWUSER, ...)
+            (jeq, 0, 1, clone3), (ret, 0, 0, enosys), (ret, 0, 0, allow), (ret, 0, 0, eperm)]
+    deny_at = len(denied) + len(tail) - 1  # the final deny, counted from the first syscall test
+    prog += [(jeq, deny_at - i - 1, 0, nr) for i, nr in enumerate(denied)]
+    prog += tail
+    fields = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    insn = type("sock_filter", (ctypes.Structure,), {"_fields_": fields})
+    fprog = type("sock_fprog", (ctypes.Structure,), {"_fields_": [("len", ctypes.c_uint16),
+                                                                 ("filter", ctypes.POINTER(insn))]})
+    arr = (insn * len(prog))(*[insn(*p) for p in prog])
+    libc = ctypes.CDLL(None, use_errno=True)
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(libc.prctl(22, 2, ctypes.byref(fprog(len(prog), arr)), 0, 0), "seccomp filter")  # SET_SECCOMP, FILTER
+    return True
+
+
 def _set_limits(cfg: dict) -> None:
     def cap(kind: int, value: int, hard_extra: int = 0) -> None:
         _, hard = resource.getrlimit(kind)
@@ -587,6 +627,7 @@ def _child_main() -> None:
         _build_root(cfg)
         _drop_privileges(cfg)
         _set_limits(cfg)
+        _install_seccomp()
         os.environ.update(HOME=cfg["box"], TMPDIR=cfg["box"])
     except Exception as exc:  # noqa: BLE001
         _setup_failed(str(exc))
