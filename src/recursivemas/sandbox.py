@@ -233,6 +233,8 @@ def _launch(argv: list[str], cfg: dict, cwd: str, stdin_path: str, out_path: str
         argv = [*argv, json.dumps({**cfg, "status_fd": status_w})]
         wait_s = timeout_s + _GRACE_S if cfg["isolate"] else timeout_s
         with open(out_path, "wb") as out, open(err_path, "wb") as err, open(stdin_path, "rb") as inp:
+            if stdin_path != os.devnull:
+                os.unlink(stdin_path)  # the program reads it through fd 0 only, never again by path
             proc = subprocess.Popen(argv, stdin=inp, stdout=out, stderr=err, cwd=cwd, env=env,
                                     start_new_session=True, close_fds=True, pass_fds=(status_w,))
             os.close(status_w)
