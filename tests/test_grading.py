@@ -159,6 +159,16 @@ ADVERSARIAL = {
                         "libc.syscall(310, os.getppid(), 0, 0, 0, 0, 0)\nos._exit(0)\n",
     "settrace skips asserts": _WRONG + "import sys\nsys.settrace(lambda *a: None)\n",
     "raw exit syscall": _WRONG + "import ctypes\nctypes.CDLL(None).syscall(231, 0)\n",
+    "shadow a builtin the tests use": _WRONG + "def abs(x):\n    return 0\ndef isinstance(*a):\n    return True\n"
+                                      "def hyp(a, b):\n    return 5 if (a, b) == (3, 4) else 0\n",
+    "hardcode answers read from the tests": r"""
+import gc, linecache, re, sys
+seen = " ".join(str(o) for o in gc.get_objects() if isinstance(o, (str, dict, tuple)))
+seen += " ".join("".join(v[2]) for v in linecache.cache.values() if v[2])
+found = {(int(a), int(b)): r for a, b, r in re.findall(r"candidate\((\d+), (\d+)\)\D+(\d+)", seen)}
+def hyp(a, b):
+    return float(found.get((a, b), 0))
+""",
 }
 
 

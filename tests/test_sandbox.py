@@ -534,3 +534,17 @@ def test_unprivileged_user_gets_user_namespaces(tmp_path: Path) -> None:
         pytest.skip(f"unprivileged user namespaces are not allowed here: {out.stdout} {out.stderr[-300:]}")
     fd = out.stdout.split()[1]
     assert fd == "-1" and not (tmp_path / "escaped.txt").exists()
+
+
+def test_per_call_overhead_stays_small() -> None:
+    """The deliberation demo makes hundreds of tool calls: a trivial run must stay well under a second."""
+    run_python("pass")  # warm the isolation probe
+    times = []
+    for _ in range(9):
+        start = time.perf_counter()
+        assert run_python("print(1)").stdout == "1\n"
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    print(f"\nsandbox per-call wall time ({sandbox.isolation()}): median {median * 1000:.0f} ms, "
+          f"min {min(times) * 1000:.0f} ms over {len(times)} calls")
+    assert median < 2.0

@@ -378,6 +378,7 @@ def _build_root(cfg: dict) -> None:
     ctypes, libc = _libc()
     new, uid = cfg["newroot"], cfg["uid"] if cfg["as_root"] else os.getuid()
     gid = uid if cfg["as_root"] else os.getgid()
+    os.umask(0o022)  # the skeleton dirs must be traversable by the run's uid whatever the caller's umask
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount propagates to the host
     _mount(libc, "tmpfs", new, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
     for d in cfg["ro_dirs"]:

@@ -200,15 +200,15 @@ def extract_code(text: str) -> str | None:
 # Code grading never trusts the exit status of a process the solution runs in. The harness below
 # forks: the child (model side) runs the setup and the solution under the sandbox's Python guard and
 # then only answers calls; the parent (grader side) never runs a line of model code. It reads a
-# per-run nonce from stdin only after the fork (the child closed its stdin first and the sandbox
-# unlinked the file), runs the tests with pristine builtins, calling into the child over a pipe and
+# per-run nonce and the tests from stdin only after the fork (the child closed its stdin first and
+# the sandbox unlinked the file), so the solution sees neither; it runs the tests with pristine builtins, calling into the child over a pipe and
 # getting back only plain ``marshal`` data (no objects with a custom ``__eq__``), and prints the
 # nonce only when every test passed. The grader requires exactly that nonce on stdout; the model
 # side's stdout is redirected to stderr. The argument is in docs/sandbox.md#grading.
 _HARNESS = r"""
-import builtins, ctypes, marshal, os, struct, sys
+import builtins, ctypes, json, marshal, os, struct, sys
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the model side cannot trace or read us
-SETUP, SOLUTION, TESTS, FUNC = {setup!r}, {solution!r}, {tests!r}, {func!r}
+SETUP, SOLUTION, FUNC = {setup!r}, {solution!r}, {func!r}  # the tests and the nonce come on stdin
 _req_r, _req_w = os.pipe()
 _rep_r, _rep_w = os.pipe()
 
@@ -280,9 +280,10 @@ if _pid == 0:  # ---- model side: nothing secret is, or ever was, in this proces
             reply = ("raise", type(exc).__name__, str(exc)[:500])
         _send(_rep_w, reply)
 
-# ---- grader side: never runs model code, holds the nonce only from here on
+# ---- grader side: never runs model code, holds the nonce and the tests only from here on
 os.close(_req_r); os.close(_rep_w)
-_nonce = sys.stdin.readline().strip()
+_given = json.loads(sys.stdin.read())
+_nonce, TESTS = _given["nonce"], _given["tests"]
 _out = os.dup(1)
 os.dup2(2, 1)  # whatever the tests print goes to stderr; stdout carries only the nonce
 
@@ -311,7 +312,10 @@ except EOFError:
 if first[0] != "ready":
     _fail(f"the solution raised {{first[1]}}: {{first[2]}}")
 g = {{"__name__": "__main__", "__builtins__": builtins}}
+_builtin_names = set(vars(builtins))
 for k, entry in first[1].items():
+    if k in _builtin_names:  # a solution's own `abs` or `isinstance` must not answer for the tests'
+        continue
     if entry[0] == "callable":
         g[k] = _remote(k)
     elif entry[0] == "value":
@@ -322,7 +326,6 @@ for k, entry in first[1].items():
 try:
     exec(compile(SETUP, "setup.py", "exec"), g)
     if FUNC is not None:
-        import json
         g["_method"] = _remote(None)
     exec(compile(TESTS, "tests.py", "exec"), g)
 except BaseException as exc:
@@ -354,8 +357,9 @@ def _run_harness(code: str, setup: str, tests: str, func: str | None, timeout_s:
     from recursivemas.sandbox import run_python
 
     nonce = secrets.token_hex(16)
-    program = _HARNESS.format(setup=setup, solution=code, tests=tests, func=func)
-    res = run_python(program, stdin=nonce + "\n", timeout_s=timeout_s, memory_mb=memory_mb, harness=True)
+    program = _HARNESS.format(setup=setup, solution=code, func=func)
+    given = json.dumps({"nonce": nonce, "tests": tests})
+    res = run_python(program, stdin=given, timeout_s=timeout_s, memory_mb=memory_mb, harness=True)
     ok = res.ok and res.stdout == nonce + "\n"
     return Grade(ok, float(ok), code, "" if ok else _why(res))
 
