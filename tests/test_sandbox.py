@@ -548,3 +548,21 @@ def test_per_call_overhead_stays_small() -> None:
     print(f"\nsandbox per-call wall time ({sandbox.isolation()}): median {median * 1000:.0f} ms, "
           f"min {min(times) * 1000:.0f} ms over {len(times)} calls")
     assert median < 2.0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="namespaces are Linux only")
+def test_broken_os_isolation_warns_loudly_or_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the minimal root cannot be built, auto mode falls back with a warning; =namespaces refuses."""
+    monkeypatch.setattr(sandbox, "_interpreter_dirs", lambda: ["/nonexistent-recursivemas-dir"])
+    monkeypatch.setenv("RECURSIVEMAS_SANDBOX", "namespaces")
+    with pytest.raises(RuntimeError, match="RECURSIVEMAS_SANDBOX=namespaces but OS isolation is unavailable"):
+        sandbox._probe()
+    monkeypatch.setenv("RECURSIVEMAS_SANDBOX", "auto")
+    with pytest.warns(RuntimeWarning, match="UNAVAILABLE"):
+        assert sandbox._probe() == "process"
+
+
+@OS_LEVEL
+def test_filling_the_box_is_reported_as_disk_quota() -> None:
+    res = run_python("for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))", max_box_mb=8)
+    assert not res.ok and res.error == "disk quota", res

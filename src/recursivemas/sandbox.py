@@ -294,6 +294,8 @@ def _reason(rc: int | None, timed_out: bool, stderr: str) -> str | None:
         return "memory limit"
     if "File too large" in stderr:
         return "file size limit"
+    if "No space left on device" in stderr:
+        return "disk quota"
     return f"exit code {rc}"
 
 
