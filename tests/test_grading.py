@@ -190,7 +190,7 @@ def test_functional_grading_cannot_be_gamed() -> None:
     good = "class Solution:\n    def add(self, a, b):\n        return a + b\n"
     assert grade_code(f"```python\n{good}```", fn).correct
     for trick in ("import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
-                  "class E:\n    def __eq__(self, o):\n        return True\n"
-                  "class Solution:\n    def add(self, a, b):\n        return E()\n"):
+                  ("class E:\n    def __eq__(self, o):\n        return True\n"
+                   "class Solution:\n    def add(self, a, b):\n        return E()\n")):
         bad = "class Solution:\n    def add(self, a, b):\n        return a - b\n" + trick
         assert not grade_code(f"```python\n{bad}```", fn).correct, trick

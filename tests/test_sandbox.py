@@ -195,7 +195,7 @@ def test_escape_reading_root_only_host_files(tmp_path: Path) -> None:
     paths = ["/etc/shadow", str(secret), "/proc/1/environ", "/etc/passwd"]
     out = _escape(RAW_READ % (paths,))
     for path in paths:
-        fd, errno, text = out[path]
+        fd, errno, _ = out[path]
         assert fd == -1 and errno == 2, (path, out[path])  # ENOENT: not in the sandbox's root at all
     assert secret.read_text() == "TOP-SECRET-42"
 

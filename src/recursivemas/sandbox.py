@@ -10,13 +10,15 @@ first (``docs/sandbox.md`` says what each one guarantees, where it stops, and ho
    ``/dev/{null,zero,random,urandom}``, ``/etc/ld.so.cache``, and a size-capped tmpfs ``/tmp`` that
    holds the working directory. It calls ``pivot_root`` into it and detaches the host's root, so no host
    file, directory or unix socket can be named. It then drops every capability (bounding, effective,
-   permitted, inheritable, ambient), sets ``no_new_privs`` and, as root, becomes a fresh unused uid.
-   The network namespace has only a down loopback. When PID 1 exits (after the program's first
+   permitted, inheritable, ambient), sets ``no_new_privs``, as root becomes a fresh unused uid, and
+   installs a seccomp filter against new namespaces, mounts, file handles, tracing, BPF, keyrings
+   and io_uring. The network namespace has only a down loopback. When PID 1 exits (after the program's first
    process ends, or when the supervisor kills it at the timeout) the kernel kills everything left
    in the namespace before the supervisor returns.
 2. ``resource`` limits set before the program runs: address space, CPU seconds, file size (which
    also caps what it can print), process count, no core files.
-3. A new session; on timeout the whole process group is killed with SIGKILL.
+3. A new session; on timeout the supervisor kills PID 1 (namespaces) or the whole process group is
+   killed (process mode, where a ``setsid`` grandchild escapes it).
 4. An empty environment (``PATH``, ``LANG``, ``HOME``, ``TMPDIR`` only), ``python -I``, stdin from
    ``/dev/null`` unless given, a fresh working directory, deleted afterwards.
 5. A Python audit hook that refuses subprocesses, forks, non-Unix sockets and writes outside the
@@ -377,7 +379,7 @@ def _bind_read_only(libc, src: str, dst: str) -> None:  # noqa: ANN001
 
 def _build_root(cfg: dict) -> None:
     """PID 1, before the program: a root with only the interpreter, a few devices and the box."""
-    ctypes, libc = _libc()
+    _, libc = _libc()
     new, uid = cfg["newroot"], cfg["uid"] if cfg["as_root"] else os.getuid()
     gid = uid if cfg["as_root"] else os.getgid()
     os.umask(0o022)  # the skeleton dirs must be traversable by the run's uid whatever the caller's umask
