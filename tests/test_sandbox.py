@@ -449,6 +449,14 @@ def test_escape_privileged_calls_fail() -> None:
         "open_tree": [libc.syscall(428, -100, b"/", 1) if os.uname().machine in ("x86_64", "aarch64") else -1, err()],
         "uid": os.getuid(),
     }
+    loader = [p for p in ("/usr/lib64/ld-linux-x86-64.so.2", "/lib64/ld-linux-x86-64.so.2",
+                          "/usr/lib/ld-linux-aarch64.so.1") if os.path.exists(p)]
+    if loader:  # a binary dropped into the box must not run: the box is noexec
+        with open(loader[0], "rb") as src, open("dropped", "wb") as dst:
+            dst.write(src.read())
+        os.chmod("dropped", 0o755)
+        argv = (ctypes.c_char_p * 2)(b"./dropped", None)
+        res["exec_dropped"] = [libc.execve(b"./dropped", argv, None), err()]
     caps = (ctypes.c_uint32 * 6)()
     libc.capget((ctypes.c_uint32 * 2)(0x20080522, 0), caps)
     res["caps"] = list(caps)
@@ -460,6 +468,7 @@ def test_escape_privileged_calls_fail() -> None:
         assert out[call][0] == -1 and out[call][1] in (1, 3), (call, out[call])  # EPERM / ESRCH
     assert out["caps"] == [0] * 6 and set(out["bounding"]) == {0} and out["no_new_privs"] == 1
     assert out["uid"] != 0
+    assert out.get("exec_dropped", [-1, 13]) == [-1, 13]  # EACCES
     for call in ("unshare_user", "clone_newuser", "open_tree"):  # refused by the seccomp filter
         assert out[call] == [-1, 1], (call, out[call])
     # kill(1, SIGKILL) "succeeds" but PID 1 ignores it: this very output got reported after it

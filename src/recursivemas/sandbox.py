@@ -399,7 +399,7 @@ def _build_root(cfg: dict) -> None:
             _mount(libc, f"/dev/{dev}", f"{new}/dev/{dev}", None, _MS_BIND)
     # the only writable place: one tmpfs for /tmp and the working dir, capped as a whole
     os.makedirs(new + "/tmp", 0o755)
-    _mount(libc, "tmpfs", new + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV,
+    _mount(libc, "tmpfs", new + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,  # no dropped binaries
            f"size={cfg['box_mb']}m,nr_inodes=16384,mode=1777")
     box = new + cfg["box"]
     os.makedirs(box, 0o700)
@@ -437,13 +437,13 @@ def _drop_privileges(cfg: dict) -> None:
 
 # Syscalls the program never needs and that widen the kernel surface or reopen the host: new
 # namespaces (a nested user namespace hands out capabilities again), mounts, handles, tracing,
-# BPF, keyrings, io_uring, modules. clone() is allowed unless it asks for a user namespace; clone3's
+# BPF, keyrings, io_uring, modules, taking another process's fds (pidfd_getfd). clone() is allowed unless it asks for a user namespace; clone3's
 # flags sit in memory a filter cannot read, so it gets ENOSYS and libc falls back to clone().
 _DENIED = {
     "x86_64": (0xC000003E, 56, 435, (272, 308, 165, 166, 155, 161, 101, 321, 298, 323, 250, 248, 249, 304, 303,
-                                     246, 175, 313, 176, 428, 429, 430, 431, 432, 442, 425, 310, 311)),
+                                     246, 175, 313, 176, 428, 429, 430, 431, 432, 442, 425, 310, 311, 438, 440)),
     "aarch64": (0xC00000B7, 220, 435, (97, 268, 40, 39, 41, 51, 117, 280, 241, 282, 219, 217, 218, 265, 264,
-                                       104, 105, 273, 106, 428, 429, 430, 431, 432, 442, 425, 270, 271)),
+                                       104, 105, 273, 106, 428, 429, 430, 431, 432, 442, 425, 270, 271, 438, 440)),
 }
 
 
