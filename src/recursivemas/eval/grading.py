@@ -4,7 +4,8 @@
   ``The answer is x``, ``#### x``), compared with math-verify. No "first number" fallback.
 - multiple choice: a letter from the same kind of explicit statement, or a reply that is only a letter.
 - short-answer QA: SQuAD-normalised exact match and token F1.
-- code: the program and its tests run through :mod:`recursivemas.sandbox`.
+- code: the program runs through :mod:`recursivemas.sandbox`; script and functional tests run in a
+  split harness whose verdict the solution cannot forge (``docs/sandbox.md#grading``).
 """
 
 from __future__ import annotations
