@@ -36,7 +36,7 @@ __all__ = [
 
 TOOL_NAMES = ("python", "search")
 LOOP_KEYS = ("max_calls", "result_chars")
-_PYTHON_KEYS = ("timeout_s", "memory_mb", "cpu_s", "max_file_mb", "max_procs")
+_PYTHON_KEYS = ("timeout_s", "memory_mb", "cpu_s", "max_file_mb", "max_procs", "max_box_mb")
 _SEARCH_KEYS = ("corpus", "index_dir", "top_k", "chunk_chars", "backend", "backend_args")
 
 
