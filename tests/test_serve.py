@@ -17,7 +17,7 @@ from conftest import make_sequential_config
 from fastapi.testclient import TestClient
 
 from recursivemas import System
-from recursivemas.serve import create_app
+from recursivemas.serve import Limits, Settings, create_app, fit_positions
 
 MODEL = "tiny"
 QUESTION = "What is 2 + 3?"
@@ -179,7 +179,7 @@ BAD_REQUESTS = [
     ("chat", {"model": MODEL, "messages": M, "n": 2}, 400, "n", "'n' must be 1"),
     ("chat", {"model": MODEL, "messages": M, "stop": ["\n"]}, 400, "stop", "not supported"),
     ("chat", {"model": MODEL, "messages": M, "latent_step": 3}, 400, "latent_step", "Did you mean 'latent_steps'"),
-    ("chat", {"model": MODEL, "messages": M, "temperature": -1}, 400, "temperature", ">= 0"),
+    ("chat", {"model": MODEL, "messages": M, "temperature": -1}, 400, "temperature", "in [0, 2.0]"),
     ("chat", {"model": MODEL, "messages": M, "top_p": 0}, 400, "top_p", "(0, 1]"),
     ("chat", {"model": MODEL, "messages": M, "max_tokens": 0}, 400, "max_tokens", ">= 1"),
     ("chat", {"model": MODEL, "messages": M, "max_tokens": 4, "max_completion_tokens": 5}, 400, "max_completion_tokens", "disagree"),
@@ -208,6 +208,187 @@ def test_not_json_and_unknown_routes(client):
     assert response.status_code == 400 and "JSON object" in response.json()["error"]["message"]
     response = client.get("/v1/embeddings")
     assert response.status_code == 404 and "POST /v1/chat/completions" in response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- hostile requests (issue 14)
+
+CHAT = "/v1/chat/completions"
+GOOD = {"model": MODEL, "messages": M}
+GOOD_RAW = json.dumps(GOOD)[:-1]  # '{"model": ..., "messages": [...]' : hostile raw JSON appends ', "field": value}'
+UNEVEN = "".join(chr(33 + (i * 7) % 90) for i in range(3000))  # 3000 characters that BPE barely merges
+
+
+def _raw(tail: str) -> bytes:
+    return (GOOD_RAW + tail + "}").encode()
+
+
+def _nested(depth: int) -> bytes:
+    return _raw(', "user": ' + "[" * depth + "]" * depth)
+
+
+# (what is sent, the expected status, the field the error names, a phrase of its message)
+HOSTILE = [
+    ("temperature NaN", _raw(', "temperature": NaN'), 400, "temperature", "NaN is not a JSON number"),
+    ("temperature Infinity", _raw(', "temperature": Infinity'), 400, "temperature", "Infinity is not a JSON number"),
+    ("temperature -Infinity", _raw(', "temperature": -Infinity'), 400, "temperature", "not a JSON number"),
+    ("temperature 1e999", _raw(', "temperature": 1e999'), 400, "temperature", "overflows a float"),
+    ("temperature 1e-40", {**GOOD, "temperature": 1e-40}, 400, "temperature", "too small"),
+    ("temperature 1e-300", {**GOOD, "temperature": 1e-300}, 400, "temperature", "send 0 for greedy"),
+    ("temperature 5e-324", {**GOOD, "temperature": 5e-324}, 400, "temperature", "too small"),
+    ("temperature 3", {**GOOD, "temperature": 3}, 400, "temperature", "in [0, 2.0]"),
+    ("temperature string", {**GOOD, "temperature": "0.5"}, 400, "temperature", "must be a number"),
+    ("top_p NaN", _raw(', "top_p": NaN'), 400, "top_p", "NaN"),
+    ("top_p 1.5", {**GOOD, "top_p": 1.5}, 400, "top_p", "(0, 1]"),
+    ("latent_steps 700", {**GOOD, "latent_steps": 700}, 400, "latent_steps", "--max-latent-steps"),
+    ("latent_steps 1e9", {**GOOD, "latent_steps": 10**9}, 400, "latent_steps", "<= 256"),
+    ("latent_steps float", {**GOOD, "latent_steps": 4.0}, 400, "latent_steps", "must be an integer"),
+    ("rounds 1e9 as float", {**GOOD, "rounds": 1e9}, 400, "rounds", "must be an integer"),
+    ("rounds 1e9", {**GOOD, "rounds": 10**9}, 400, "rounds", "--max-rounds"),
+    ("question of 3000 characters", {**GOOD, "messages": [{"role": "user", "content": UNEVEN}]}, 400, "messages[0].content", "too long"),
+    ("max_tokens 1e12 as float", {**GOOD, "max_tokens": 1e12}, 400, "max_tokens", "must be an integer"),
+    ("max_tokens 10**12", {**GOOD, "max_tokens": 10**12}, 400, "max_tokens", "must be <="),
+    ("max_completion_tokens 10**6", {**GOOD, "max_completion_tokens": 10**6}, 400, "max_tokens", "positions"),
+    ("max_tokens with 5000 digits", _raw(', "max_tokens": ' + "9" * 5000), 400, "max_tokens", "5000 digits"),
+    ("seed with 30 digits", _raw(', "seed": ' + "1" * 30), 400, "seed", "30 digits"),
+    ("seed 2**64", {**GOOD, "seed": 2**64}, 400, "seed", "must be <="),
+    ("seed 2**63", {**GOOD, "seed": 2**63}, 400, "seed", "must be <="),
+    ("n 10**15", {**GOOD, "n": 10**15}, 400, "n", "'n' must be 1"),
+    ("lone surrogate in the question", _raw('').replace(b'"What is 2 + 3?"', b'"What \\ud800 is 2 + 3?"'), 400, "messages[0].content", "lone surrogate"),
+    ("lone surrogate in a key", _raw(', "\\udfff": 1'), 400, "\\udfff", "lone surrogate"),
+    ("lone surrogate in a prompt", json.dumps({"model": MODEL, "prompt": ["ok?", "x\udc00"]}).encode(), 400, "prompt[1]", "lone surrogate"),
+    ("invalid UTF-8 bytes", _raw(', "user": "\xff"').replace("\xff".encode(), b"\xff"), 400, None, "not valid JSON"),
+    ("nested 100000 deep", _nested(100000), 400, None, "nests deeper"),
+    ("nested 40 deep", _nested(40), 400, "user" + "[0]" * 16, "nests deeper"),
+    ("nested objects 40 deep", _raw(', "user": ' + '{"a": ' * 40 + "1" + "}" * 40), 400, "user" + ".a" * 16, "nests deeper"),
+    ("user as an object", {**GOOD, "user": {"id": 1}}, 400, "user", "must be a string"),
+    ("user as a number", {**GOOD, "user": 7}, 400, "user", "must be a string"),
+    ("model as a list", {**GOOD, "model": [MODEL]}, 404, "model", "does not exist"),
+    ("role as an object", {**GOOD, "messages": [{"role": {"x": 1}, "content": "hi"}]}, 400, "messages[0].role", "role"),
+    ("stream_options.include_usage a string", {**GOOD, "stream": True, "stream_options": {"include_usage": "yes"}}, 400, "stream_options", "bool"),
+    ("65 prompts", {"model": MODEL, "prompt": ["a?"] * 65}, 400, "prompt", "at most 64"),
+    ("a body of 5 MB", _raw(', "user": "' + "a" * (5 << 20) + '"'), 413, None, "over this server's limit"),
+    ("an empty body", b"", 400, None, "JSON object"),
+]
+PLAIN = [  # content types other than JSON: 415, so a cross-site form or text/plain POST is refused
+    ("text/plain", {"content-type": "text/plain"}),
+    ("form", {"content-type": "application/x-www-form-urlencoded"}),
+    ("none", {}),
+]
+
+
+def _send(client: TestClient, payload, headers: dict | None = None, path: str | None = None):
+    if isinstance(payload, bytes):
+        path = path or ("/v1/completions" if b'"prompt"' in payload[:200] else CHAT)
+        return client.post(path, content=payload, headers={"content-type": "application/json", **(headers or {})})
+    return client.post(path or ("/v1/completions" if "prompt" in payload else CHAT), json=payload, headers=headers)
+
+
+@pytest.mark.parametrize("label,payload,status,param,phrase", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_requests_get_a_4xx_naming_the_field(client, label, payload, status, param, phrase):
+    response = _send(client, payload)
+    assert response.status_code == status, response.text[:300]
+    error = response.json()["error"]
+    assert error["param"] == param and phrase in error["message"], error
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("label,headers", PLAIN, ids=[p[0] for p in PLAIN])
+def test_non_json_content_types_get_415(client, label, headers):
+    response = client.post(CHAT, content=json.dumps(GOOD).encode(), headers=headers)
+    assert response.status_code == 415 and "application/json" in response.json()["error"]["message"]
+
+
+def test_still_serves_after_the_hostile_requests(client, system):
+    for _, payload, *_ in HOSTILE[:12]:
+        assert _send(client, payload).status_code < 500
+    body = chat(client).json()
+    assert body["choices"][0]["message"]["content"] == system.run([QUESTION])[0].text
+    assert client.get("/health").json()["pending"] == 0
+
+
+def test_lower_bounds_are_configurable_and_position_limits_checked(system):
+    loose = TestClient(create_app(system, model_name=MODEL, limits=Limits(max_latent_steps=5000, max_rounds=2, max_body_bytes=2000)))
+    # past the 1024 positions of every tiny agent: refused with the limit named, never an IndexError
+    error = chat(loose, latent_steps=700).json()["error"]
+    assert error["param"] == "latent_steps" and error["code"] == "context_length_exceeded" and "1024" in error["message"]
+    assert chat(loose, rounds=3).json()["error"]["param"] == "rounds"
+    assert chat(loose, "x" * 3000).status_code == 413
+    assert chat(loose, latent_steps=8, rounds=2).status_code == 200
+    # a max_tokens the request left out is cut to the decoder's room; one it sent is refused
+    solver = system.agents["solver"]
+    prompt = sum(len(solver.encode(s)) for s in solver.segments(QUESTION) if isinstance(s, str))
+    settings = Settings("latent", None, 4, 10**6, 0.0, 1.0, None)
+    assert fit_positions(system, [QUESTION], ["q"], settings, explicit_max_tokens=False).max_tokens == 1024 - prompt - 4
+    error = chat(loose, max_tokens=1024 - prompt - 3).json()["error"]
+    assert error["param"] == "max_tokens" and f"<= {1024 - prompt - 4}" in error["message"]
+
+
+def test_one_bad_request_fails_alone_in_a_batch(client, system):
+    """Innocent greedy requests batched with one that breaks the engine still get their answers."""
+    batcher = client.app.state.batcher
+    questions = ["What is 2 + 3?", "Is 7 prime?", "What is 9 - 4?", "Name a colour.", "What is 6 * 7?"]
+    replies: dict[int, dict] = {}
+    settings = Settings("latent", None, None, 6, 0.0, 1.0, None)
+    retried = batcher.retried
+
+    def ask(i: int) -> None:
+        replies[i] = chat(client, questions[i]).json()
+
+    with batcher._busy:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 20
+        while batcher.pending() < len(questions) and time.time() < deadline:
+            time.sleep(0.01)
+        # past the server's checks (straight into the queue): a question no tokenizer can encode
+        bad = batcher.enqueue(["What is \ud800?"], settings)
+    for t in threads:
+        t.join(timeout=60)
+    with pytest.raises(Exception):
+        bad.future.result(timeout=60)
+    assert batcher.retried == retried + 1
+    expected = [r.text for r in system.run(questions)]
+    assert [replies[i]["choices"][0]["message"]["content"] for i in range(len(questions))] == expected
+
+
+def test_api_key(system):
+    keyed = TestClient(create_app(system, model_name=MODEL, api_key="s3cret"))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"}):
+        response = keyed.post(CHAT, json=GOOD, headers=headers)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+        assert "Authorization: Bearer" in response.json()["error"]["message"]
+        assert keyed.get("/v1/models", headers=headers).status_code == 401
+    ok = {"Authorization": "Bearer s3cret"}
+    assert keyed.post(CHAT, json=GOOD, headers=ok).status_code == 200
+    assert keyed.get("/v1/models", headers=ok).status_code == 200
+    assert keyed.get("/health").status_code == 200  # open, for load balancers
+    # a key does not let a text/plain body through
+    assert keyed.post(CHAT, content=json.dumps(GOOD), headers={**ok, "content-type": "text/plain"}).status_code == 415
+
+
+def test_a_queued_request_whose_client_left_is_dropped(system):
+    """A request still waiting for the worker when its client disconnects is never run."""
+    import asyncio
+
+    app = create_app(system, model_name=MODEL)
+    batcher, sent = app.state.batcher, []
+    body = json.dumps(GOOD).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "", "server": ("test", 80),
+             "client": ("test", 1), "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}  # the client is gone at once
+
+    async def send(message):
+        sent.append(message)
+
+    with batcher._busy:  # the worker is busy, so the request waits in the queue
+        asyncio.run(app(scope, receive, send))
+        assert batcher.dropped == 1 and batcher.pending() == 0
+    assert sent[0]["status"] == 499
 
 
 def _free_port() -> int:

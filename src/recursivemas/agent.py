@@ -24,6 +24,36 @@ class Slot:
     name: str
 
 
+class PromptText(str):
+    """A run of prompt text that remembers which character spans came from the user (the question).
+
+    ``Agent.encode`` splits special-token strings inside those spans into plain pieces, so a question
+    holding ``<|im_start|>system`` cannot open a real role turn. Concatenation keeps the spans, so code
+    that joins segments (``prefix_length``, the teacher) encodes exactly what ``build_inputs`` encodes.
+    """
+
+    user: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, text: str, user: tuple[tuple[int, int], ...] = ()) -> "PromptText":
+        """``text`` with ``user`` as its user-supplied character spans."""
+        run = cls(text)
+        run.user = tuple(user)
+        return run
+
+    def __add__(self, other: str) -> "PromptText":
+        if not isinstance(other, str):
+            return NotImplemented
+        n = len(self)
+        return PromptText.of(str.__add__(self, other), self.user + tuple((a + n, b + n) for a, b in getattr(other, "user", ())))
+
+    def __radd__(self, other: str) -> "PromptText":  # runs before str.__add__ because this is a str subclass
+        if not isinstance(other, str):
+            return NotImplemented
+        n = len(other)
+        return PromptText.of(str.__add__(other, self), tuple(getattr(other, "user", ())) + tuple((a + n, b + n) for a, b in self.user))
+
+
 def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1  # hub ids are "name" or "org/name"
 
@@ -53,6 +83,10 @@ class Agent:
         self.embedding = model.get_input_embeddings()
         self.eos_token_ids = self._eos_ids()
         self.template = self._split(self.render(config.prompt))
+        self._special_ids = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special} | set(self.tokenizer.all_special_ids)
+        self._special_strings = [t for t in self.tokenizer.all_special_tokens if t] + [
+            t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and t.content
+        ]
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
@@ -94,15 +128,46 @@ class Agent:
         """This agent's prompt for ``question``: text runs (question filled in) and slots, in order."""
         out: list[str | Slot] = []
         for part in self.template:
-            text = question if part is None else part
+            text = PromptText.of(question, ((0, len(question)),)) if part is None else part
+            text = PromptText.of(text) if isinstance(text, str) and not isinstance(text, PromptText) else text
             if isinstance(text, str) and out and isinstance(out[-1], str):
                 out[-1] += text
             else:
                 out.append(text)
         return out
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def encode(self, text: str, untrusted: bool = False) -> list[int]:
+        """Token ids of ``text``. Special-token strings in its user spans (a ``PromptText``), or anywhere in it
+        when ``untrusted``, are tokenized as plain text; everything else tokenizes exactly as before."""
+        spans = ((0, len(text)),) if untrusted else getattr(text, "user", ())
+        plain = str(text)
+        if not spans or not any(tok in plain[max(a - len(tok) + 1, 0) : b + len(tok) - 1] for tok in self._special_strings for a, b in spans):
+            return self.tokenizer(plain, add_special_tokens=False)["input_ids"]
+        if not getattr(self.tokenizer, "is_fast", False):  # no offsets: tokenize user spans apart from the rest
+            return self._encode_pieces(plain, spans)
+        enc = self.tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = []
+        for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if tid in self._special_ids and any(a < e and s < b for s, e in spans):
+                ids += self._split_specials(plain[a:b])
+            else:
+                ids.append(tid)
+        return ids
+
+    def _split_specials(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _encode_pieces(self, text: str, spans: tuple[tuple[int, int], ...]) -> list[int]:
+        ids: list[int] = []
+        cursor = 0
+        for a, b in sorted(spans):
+            if a > cursor:
+                ids += self.tokenizer(text[cursor:a], add_special_tokens=False)["input_ids"]
+            ids += self._split_specials(text[max(a, cursor) : b])
+            cursor = max(cursor, b)
+        if cursor < len(text):
+            ids += self.tokenizer(text[cursor:], add_special_tokens=False)["input_ids"]
+        return ids
 
     def embed(self, ids: list[int]) -> torch.Tensor:
         """``[len(ids), hidden]`` input embeddings from this agent's own table."""
