@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ class Agent:
         self.eos_token_ids = self._eos_ids()
         self.template = self._split(self.render(config.prompt))
         self._special_ids = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special} | set(self.tokenizer.all_special_ids)
+        self._plain_tokenizer: PreTrainedTokenizerBase | None = None  # built on first need, by _split_specials
         self._special_strings = [t for t in self.tokenizer.all_special_tokens if t] + [
             t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and t.content
         ]
@@ -155,7 +157,13 @@ class Agent:
         return ids
 
     def _split_specials(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # A private copy that always splits: passing split_special_tokens per call would flip a flag on the
+        # shared backend, racing with the server's worker thread encoding templates at the same time.
+        if self._plain_tokenizer is None:
+            plain = copy.deepcopy(self.tokenizer)
+            plain.split_special_tokens = True
+            self._plain_tokenizer = plain
+        return self._plain_tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _encode_pieces(self, text: str, spans: tuple[tuple[int, int], ...]) -> list[int]:
         ids: list[int] = []

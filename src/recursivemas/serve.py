@@ -33,6 +33,7 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -80,12 +81,11 @@ class APIError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """Server-side bounds on what one request may ask for (``recursivemas serve`` flags set the first four)."""
+    """Server-side bounds on what one request may ask for (``recursivemas serve`` flags set the first three)."""
 
     max_body_bytes: int = 1 << 20  # 1 MiB
     max_rounds: int = 16
     max_latent_steps: int = 256
-    shutdown_timeout_s: float = 5.0  # in-flight requests get this long after SIGTERM
     max_prompts: int = 64  # questions in one /v1/completions request
     max_json_depth: int = 16  # the deepest valid request nests 5 levels (messages[0].content[0].text)
     max_int_digits: int = 20
@@ -621,10 +621,11 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
         _check_fields(body, allowed)
         return body
 
-    def _prepare(body: dict, questions: list[str], params: list[str]) -> Settings:
+    async def _prepare(body: dict, questions: list[str], params: list[str]) -> Settings:
         settings = _settings(body, system, limits)
         explicit = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
-        return fit_positions(system, questions, params, settings, explicit)
+        # tokenizing a long question for every agent takes a while: off the event loop (encode is read-only)
+        return await anyio.to_thread.run_sync(fit_positions, system, questions, params, settings, explicit)
 
     async def _run(request: Request, questions: list[str], settings: Settings) -> tuple[list[RunResult], int]:
         """Queue the request and wait; a client that disconnects first has its job dropped before it runs."""
@@ -668,7 +669,7 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
     async def chat(request: Request):
         body = await _body(request, CHAT_FIELDS)
         question = _chat_question(body.get("messages"))
-        settings = _prepare(body, [question], ["messages[0].content"])
+        settings = await _prepare(body, [question], ["messages[0].content"])
         stream, include_usage = _stream_flags(body)
         results, batch = await _run(request, [question], settings)
         result, ident, now = results[0], f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -692,7 +693,7 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
         body = await _body(request, COMPLETION_FIELDS)
         questions = _prompts(body.get("prompt"), limits.max_prompts)
         params = ["prompt"] if isinstance(body["prompt"], str) else [f"prompt[{i}]" for i in range(len(questions))]
-        settings = _prepare(body, questions, params)
+        settings = await _prepare(body, questions, params)
         stream, include_usage = _stream_flags(body)
         results, batch = await _run(request, questions, settings)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name, "object": "text_completion"}

@@ -28,8 +28,7 @@ def serve(
     from recursivemas.serve import Limits, create_app
 
     loaded = System.from_pretrained(system) if system.is_dir() else System.from_config(system)
-    limits = Limits(max_body_bytes=max_body_bytes, max_rounds=max_rounds, max_latent_steps=max_latent_steps,
-                    shutdown_timeout_s=shutdown_timeout)
+    limits = Limits(max_body_bytes=max_body_bytes, max_rounds=max_rounds, max_latent_steps=max_latent_steps)
     app = create_app(loaded, model_name=model_name, max_batch=max_batch, api_key=api_key or None, limits=limits)
     auth = "an API key" if api_key else "no API key (pass --api-key or set RECURSIVEMAS_API_KEY to require one)"
     typer.echo(f"serving {app.state.model_name!r} (decoder {loaded.graph.decoder!r}) on http://{host}:{port}/v1 with {auth}", err=True)
