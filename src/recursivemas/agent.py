@@ -84,7 +84,8 @@ class Agent:
         self.embedding = model.get_input_embeddings()
         self.eos_token_ids = self._eos_ids()
         self.template = self._split(self.render(config.prompt))
-        self._special_ids = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special} | set(self.tokenizer.all_special_ids)
+        ids = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special} | set(self.tokenizer.all_special_ids)
+        self._special_text = {i: str(self.tokenizer.convert_ids_to_tokens(i)) for i in ids}  # id -> its string
         self._plain_tokenizer: PreTrainedTokenizerBase | None = None  # built on first need, by _split_specials
         self._special_strings = [t for t in self.tokenizer.all_special_tokens if t] + [
             t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and t.content
@@ -150,7 +151,11 @@ class Agent:
         enc = self.tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = []
         for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
-            if tid in self._special_ids and any(a < e and s < b for s, e in spans):
+            # where the token's own string sits: an lstrip/rstrip token's offsets also cover the spaces it ate,
+            # which may be the user's while the token is the template's
+            found = plain.find(self._special_text.get(tid, "\0"), a, b)
+            c, d = (found, found + len(self._special_text[tid])) if found >= 0 else (a, b)
+            if tid in self._special_text and any(c < e and s < d for s, e in spans):
                 ids += self._split_specials(plain[a:b])
             else:
                 ids.append(tid)
