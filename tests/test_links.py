@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from recursivemas.config import ConfigError
+
 from recursivemas import InnerLink, LatentMASLink, OuterLink
 from recursivemas.links import load_release_state_dict
 from recursivemas.tiny import build_tiny_model, build_tokenizer
@@ -56,7 +58,7 @@ def test_release_state_dict_round_trip(tmp_path):
 def test_release_loader_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"obj": object()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="cannot be read as plain tensors"):
         load_release_state_dict(path)
 
 

@@ -367,7 +367,7 @@ def test_killed_run_resumes_to_the_same_links(distill_files, tmp_path):
     train_from_files(distill_files["system"], distill_files["train"], reference, **args)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "recursivemas.train", "--system", str(distill_files["system"]), "--data", str(distill_files["train"]),
+    cmd = [sys.executable, "-m", "recursivemas", "train", "--system", str(distill_files["system"]), "--data", str(distill_files["train"]),
            "--eval-data", str(distill_files["eval"]), "--out", str(out), "--steps", "24", "--no-progress"]
     # inner_steps comes from the system file in the subprocess: write a copy that sets it
     system_file = tmp_path / "system.yaml"
@@ -405,7 +405,7 @@ def test_torchrun_two_processes_match_one(distill_files, tmp_path):
     train_from_files(distill_files["system"], distill_files["train"], one, eval_data=distill_files["eval"], stage="outer", steps=4)
     two = tmp_path / "two"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "recursivemas.train", "--system", str(distill_files["system"]),
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "recursivemas", "train", "--system", str(distill_files["system"]),
            "--data", str(distill_files["train"]), "--eval-data", str(distill_files["eval"]), "--out", str(two), "--stage", "outer",
            "--steps", "4", "--no-progress"]
     done = subprocess.run(cmd, env=SUB_ENV, capture_output=True, text=True, timeout=240)

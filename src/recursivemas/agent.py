@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,11 +12,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from recursivemas.config import AgentConfig, ConfigError
+from recursivemas.markers import FIELD_RE, MARKER_RE
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# A role prompt is split at slot markers and at input-field placeholders such as ``{question}``.
-_SPLIT_RE = re.compile(r"(<<[A-Za-z][A-Za-z0-9_]*>>|\{[A-Za-z_][A-Za-z0-9_]*\})")
-FIELD_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def as_fields(item: str | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -165,7 +162,7 @@ class Agent:
     def _split(rendered: str) -> list[str | Slot | Field]:
         """Split at markers: text pieces stay strings, slots become ``Slot``, placeholders ``Field``."""
         parts: list[str | Slot | Field] = []
-        for piece in _SPLIT_RE.split(rendered):
+        for piece in MARKER_RE.split(rendered):  # a role prompt splits at slots and at input fields
             if piece.startswith("<<") and piece.endswith(">>"):
                 parts.append(Slot(piece[2:-2]))
             elif FIELD_RE.fullmatch(piece):

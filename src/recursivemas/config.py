@@ -6,13 +6,13 @@ It is data, validated once at load time: every unknown key, missing field or bad
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from recursivemas.markers import prompt_fields
 from recursivemas.patterns import EdgeConfig, expand_pattern
 from recursivemas.validation import ConfigError, check_keys, check_safetensors, check_types
 
@@ -74,7 +74,7 @@ class AgentConfig:
             raise ConfigError(f"trust_remote_code must be true or false (unquoted), got {self.trust_remote_code!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"agent dtype {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-        if not re.search(r"\{[A-Za-z_][A-Za-z0-9_]*\}", self.prompt):
+        if not prompt_fields(self.prompt):
             raise ConfigError(f"agent prompt must name an input field such as '{{question}}' where the input goes; got {self.prompt[:60]!r}")
         check_device("agent", self.device)
 

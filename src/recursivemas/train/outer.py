@@ -145,7 +145,7 @@ def answer_metrics(system: Any, records: Sequence[dict], cfg: Any, source: str =
     return {"answer_loss": ce_sum / len(records), "answer_token_acc": acc_sum / len(records)}
 
 
-def exact_match(system: Any, records: Sequence[dict], cfg: Any) -> float:
+def greedy_exact_match(system: Any, records: Sequence[dict], cfg: Any) -> float:
     """Share of records whose greedy latent-mode answer equals the gold answer text (stripped)."""
     field_ = role_targets(system)[system.graph.decoder]
     greedy = replace(system.config.generation, temperature=0.0, top_p=1.0)
@@ -204,7 +204,7 @@ class OuterStage:
         out["answer_loss_rollout"] = rolled["answer_loss"]
         out["answer_token_acc_rollout"] = rolled["answer_token_acc"]
         if self.cfg.eval_generate:
-            out["exact_match"] = exact_match(self.system, records, self.cfg)
+            out["exact_match"] = greedy_exact_match(self.system, records, self.cfg)
         return out
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from recursivemas.machine import describe as describe_machine
 from recursivemas.train import checkpoint as ckpt
 from recursivemas.train.baselines import METHODS, FinetuneStage
 from recursivemas.train.cost import MemoryMeter, StepTimer, trainable_parameters, weights_mb
@@ -242,7 +242,7 @@ def train(
         "train_records": len(records),
         "eval_records": len(eval_records),
         "world_size": dist.world,
-        "machine": machine(),
+        "machine": describe_machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if state is not None and (out / SUMMARY_NAME).is_file():
@@ -419,13 +419,6 @@ def _nan_message(stage: str, step: int, what: str, value: float, last_good: Path
         f"{stage} training stopped at step {step}: the {what} is {value}. Nothing was saved after the last good step; "
         f"{kept}. Lower the learning rate (now {cfg.lr_for(stage)}), check the data, then resume with --resume."
     )
-
-
-def machine() -> str:
-    """A one-line description of where this ran."""
-    cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}"
 
 
 def report(summary: dict[str, Any]) -> str:
