@@ -1,4 +1,4 @@
-"""`recursivemas report` (recursivemas.paper): a smoke run on tiny agents, every section present, m and rounds
+"""`recursivemas report` (recursivemas.results): a smoke run on tiny agents, every section present, m and rounds
 chosen on the validation split only, and a rerun that resumes instead of redoing the work."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from recursivemas.eval.harness import read_records
 from recursivemas.eval.tune import pick
-from recursivemas.paper import BUDGETS, choose_on_validation, run_report
+from recursivemas.results import BUDGETS, choose_on_validation, run_report
 
 SECTIONS = {
     "## (a) Accuracy by rounds, latent vs text": ["rounds", "text MAS", "RecursiveMAS", "delta (points)", "speed-up",
@@ -30,7 +30,7 @@ SECTIONS = {
 @pytest.fixture(scope="module")
 def smoke(tiny_agents, tmp_path_factory):
     """One smoke run of the whole pipeline on a tiny heterogeneous sequential system."""
-    root = tmp_path_factory.mktemp("paper")
+    root = tmp_path_factory.mktemp("report")
     roles = {"planner": ("llama", "Question: {question}\n<<FEEDBACK>>\nWrite a plan."),
              "critic": ("qwen2", "Question: {question}\nPlan: <<PLAN>>\nImprove the plan."),
              "solver": ("gpt2", "Question: {question}\nRefined plan: <<REFINED_PLAN>>\nSolve it.")}
@@ -149,10 +149,39 @@ def test_one_run_per_work_dir(tmp_path):
 
 
 def test_m0_note_says_costs_only_when_m0_wins():
-    from recursivemas.paper import _m0_note
+    from recursivemas.results.markdown import _m0_note
 
     chosen = {"latent_steps": 4, "rounds": 1, "accuracy": 0.9}
     assert "costs accuracy" in _m0_note({"chosen": chosen, "best_any_m": {"latent_steps": 0, "rounds": 1, "accuracy": 0.92}})
     tied = _m0_note({"chosen": chosen, "best_any_m": {"latent_steps": 0, "rounds": 1, "accuracy": 0.9}})
     assert "tied" in tied and "costs" not in tied
     assert _m0_note({"chosen": chosen, "best_any_m": chosen}) == ""
+
+
+def test_settings_are_passed_not_written_into_systems(smoke):
+    """The rollout arm gets m and the ridge initialisation through TrainConfig; the saved systems keep their file's m."""
+    work, res = smoke["work"], smoke["results"]
+    summary = json.loads((work / "train" / "outer_rollout" / "summary.json").read_text())
+    assert summary["config"]["latent_steps"] == res["rollout_train_m"] == res["chosen"]["latent_steps"]
+    assert summary["config"]["link_init"] == "ridge"
+    teacher = json.loads((work / "train" / "outer_teacher" / "summary.json").read_text())
+    assert teacher["config"]["link_init"] == "ridge" and teacher["config"]["latent_steps"] is None
+    for name in ("outer_teacher", "outer_rollout"):
+        saved = yaml.safe_load((work / "train" / name / "system.yaml").read_text())
+        assert saved["latent_steps"] == 2  # the system file's value, whatever m was chosen
+
+
+def test_gold_slots_hold_the_upstream_roles_gold_text(tiny_agents, tmp_path):
+    from recursivemas import System, world
+    from recursivemas.results.arms import gold_slot_fields, gold_slots
+    from conftest import make_sequential_config
+
+    system = System.from_config(make_sequential_config(tiny_agents, tmp_path))
+    # each slot takes the training target of the agent that fills it (the pattern's default targets here)
+    assert gold_slot_fields(system) == {"PLAN": "plan", "REFINED_PLAN": "refined_plan", "FEEDBACK": "answer"}
+    records = world.generate("test", 2, 0, steps=(2, 3))
+    gold = gold_slots(system, records)
+    assert [g["PLAN"] for g in gold] == [r["plan"] for r in records]
+    assert gold[1]["FEEDBACK"] == records[1]["answer"]
+    with pytest.raises(ValueError, match="lack the gold text field"):
+        gold_slots(system, [{"question": "q", "plan": "p"}])
