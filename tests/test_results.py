@@ -185,3 +185,32 @@ def test_gold_slots_hold_the_upstream_roles_gold_text(tiny_agents, tmp_path):
     assert gold[1]["FEEDBACK"] == records[1]["answer"]
     with pytest.raises(ValueError, match="lack the gold text field"):
         gold_slots(system, [{"question": "q", "plan": "p"}])
+
+
+def _channel_res(low: float, high: float):
+    """A channel section computed from a ChannelReport-shaped object (accuracy shares, gains in points)."""
+    from types import SimpleNamespace
+
+    from recursivemas.results.tables import compute_channel_table
+
+    accuracy = {"latent": 0.6, "latent/shuffle": 0.45, "latent/zero": 0.4, "text": 0.5, "text/shuffle": 0.5,
+                "text/zero": 0.45, "text/gold": 0.7, "single": 0.48}
+    gain = {"latent": SimpleNamespace(diff=15.0, low=low, high=high, p_value=0.01),
+            "text": SimpleNamespace(diff=0.0, low=-5.0, high=5.0, p_value=1.0)}
+    return {"channel": compute_channel_table(SimpleNamespace(accuracy=accuracy, gain=gain), rounds=2, latent_steps=4, n=200)}
+
+
+def test_channel_section_says_whether_latents_carry_information():
+    from recursivemas.results.markdown import render_channel_table
+
+    text = "\n".join(render_channel_table(_channel_res(5.0, 25.0), {}))
+    header = [c.strip() for c in _table_header(text, "## (f) Channel tests").strip("|").split("|")]
+    assert header[:5] == ["mode", "as run", "shuffled", "zeroed", "gold upstream text"] and "95% interval" in header
+    assert "| latent | 60.0% | 45.0% | 40.0% | - | +15.0 | [+5.0, +25.0] |" in text
+    assert "| text | 50.0% | 50.0% | 45.0% | 70.0% |" in text
+    assert "**The latents carry information about the input** (latent mode)" in text and "excludes 0" in text
+    assert "**No evidence that the text messages carry information" in text  # text's interval spans 0
+    unclear = "\n".join(render_channel_table(_channel_res(-2.0, 30.0), {}))
+    assert "**No evidence that the latents carry information about the input**" in unclear and "includes 0" in unclear
+    worse = "\n".join(render_channel_table(_channel_res(-30.0, -4.0), {}))
+    assert "but it lowers accuracy" in worse

@@ -66,6 +66,8 @@ def render_results(res: dict[str, Any], plots: dict[str, str]) -> str:
     lines += render_m_table(res, plots)
     lines += render_methods_table(res, plots)
     lines += render_latent_source_table(res, plots)
+    if "channel" in res:
+        lines += render_channel_table(res, plots)
     lines += ["## Stage timings", "",
               "Wall time of each stage, summed over invocations when the run was resumed (a finished stage then adds only its "
               "reload time).", "", "| stage | wall time |", "|---|---|"]
@@ -112,8 +114,21 @@ def render_headline(res: dict[str, Any]) -> list[str]:
         f"- (d) Same data and {links['steps']} optimizer steps: links {_pm(links)} ({links['trainable_params']:,} params), "
         f"LoRA {_pm(lora)} ({lora['trainable_params']:,}), full {_pm(full)} ({full['trainable_params']:,}).",
         f"- (e) Outer loop on teacher latents {_pm(e['teacher'])} vs on rollout latents {_pm(e['rollout'])}.",
+        *_channel_headline(res),
         "",
     ]
+
+
+def _channel_headline(res: dict[str, Any]) -> list[str]:
+    gain = res.get("channel", {}).get("gain", {})
+    if "latent" not in gain:
+        return []
+    g = gain["latent"]
+    verdict = ("the latents carry information about the input" if g["low"] > 0 else
+               "the latents carry input-specific information that lowers accuracy" if g["high"] < 0 else
+               "no evidence that the latents carry information about the input")
+    return [f"- (f) Channel gain, latent as run minus shuffled: {g['diff']:+.1f} points, 95% interval "
+            f"[{g['low']:+.1f}, {g['high']:+.1f}]: {verdict}."]
 
 
 def _m0_note(res: dict[str, Any]) -> str:
@@ -319,5 +334,63 @@ def render_latent_source_table(res: dict[str, Any], plots: dict[str, str]) -> li
                  f"{100 * (rollout['accuracy'] - teacher['accuracy']):+.1f} points (rollout - teacher"
                  f"{', within the 95% intervals' if within_intervals(rollout, teacher) else ''}), "
                  f"at {rollout['s_per_step'] / max(teacher['s_per_step'], 1e-9):.1f}x the time per step.")
+    lines.append("")
+    return lines
+
+
+def _channel_verdict(mode: str, gain: dict[str, float], n: int) -> str:
+    """Whether ``mode``'s channel carries information about the input: its paired interval excludes 0 or not."""
+    what = "latents" if mode == "latent" else "text messages"
+    interval = f"{gain['diff']:+.1f} points, 95% interval [{gain['low']:+.1f}, {gain['high']:+.1f}], McNemar p = {gain['p_value']:.3g}"
+    if gain["low"] > 0:
+        return (f"**The {what} carry information about the input** ({mode} mode): as run beats shuffled by {interval}; "
+                "the interval excludes 0.")
+    if gain["high"] < 0:
+        return (f"**The {what} carry information about the input, but it lowers accuracy** ({mode} mode): shuffled beats "
+                f"as run ({interval}; the interval excludes 0).")
+    return (f"**No evidence that the {what} carry information about the input** ({mode} mode): as run minus shuffled "
+            f"is {interval}; the interval includes 0: at n = {n}, a problem's own {what} do measurably no better than another "
+            "problem's.")
+
+
+def render_channel_table(res: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    """(f) Channel tests: accuracy as run / shuffled / zeroed (and text with gold upstream text), the channel gain."""
+    ch = res["channel"]
+    acc, gain = ch["accuracy"], ch["gain"]
+    lines = ["## (f) Channel tests: do the latents carry information?", "",
+             f"The main system at the validation-chosen m = {ch['latent_steps']}, {ch['rounds']} round(s), on the same "
+             f"{ch['n']} test problems in every arm. Shuffled: every slot receives what the same edge produced for another "
+             "problem of the batch (a seeded derangement); zeroed: latent slots receive zeros, text slots an empty message; "
+             "gold: text mode with the world record's gold upstream text in every slot. Channel gain = as run minus "
+             "shuffled, in points, with a paired bootstrap 95% interval and an exact McNemar p-value "
+             "([method](method.md#channel-tests)).", "",
+             "| mode | as run | shuffled | zeroed | gold upstream text | channel gain (points) | 95% interval | McNemar p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mode in ("latent", "text"):
+        if mode not in acc:
+            continue
+        g = gain.get(mode)
+        cells = [_pct(acc.get(mode + probe)) for probe in ("", "/shuffle", "/zero", "/gold")]
+        stats = ([f"{g['diff']:+.1f}", f"[{g['low']:+.1f}, {g['high']:+.1f}]", f"{g['p_value']:.3g}"] if g else ["-"] * 3)
+        lines.append(f"| {mode} | " + " | ".join(cells + stats) + " |")
+    lines.append("")
+    if "single" in acc:
+        lines.append(f"The decoding agent alone (single mode, slots empty) scores {_pct(acc['single'])}.")
+    if ch.get("gold_note"):
+        lines.append(f"No gold-text arm: {ch['gold_note']}")
+    lines.append("")
+    lines += _img(plots, "channel")
+    for mode in ("latent", "text"):
+        if mode in gain:
+            lines.append(_channel_verdict(mode, gain[mode], ch["n"]))
+    if "latent" in acc and "latent/zero" in acc and acc["latent/zero"] >= acc["latent"]:
+        lines.append(f"Cutting the latent channel (zeroed) does not lower accuracy either ({_pct(acc['latent/zero'])} vs "
+                     f"{_pct(acc['latent'])} as run).")
+    if "text/gold" in acc and "text" in acc:
+        helps = acc["text/gold"] > acc["text"]
+        lines.append(f"With gold upstream text in its slots, text mode scores {_pct(acc['text/gold'])} against "
+                     f"{_pct(acc['text'])} as run: " + ("higher, so a better hand-off has something to give these "
+                     "receivers." if helps else "not higher, so even a perfect hand-off does not help these receivers "
+                     "here, and no channel, latent or text, can be expected to."))
     lines.append("")
     return lines

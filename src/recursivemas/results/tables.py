@@ -1,7 +1,7 @@
 """Compute each section's numbers from harness records and training summaries (rendering is ``markdown``).
 
 Each ``compute_*`` returns the plain mapping stored under its key in ``results.json``: ``a`` rounds, ``b`` links,
-``c`` m ablation, ``d`` methods, ``e`` latent source, ``channel`` channel tests.
+``c`` m ablation, ``d`` methods, ``e`` latent source, ``channel`` channel tests (docs/method.md#channel-tests).
 """
 
 from __future__ import annotations
@@ -78,3 +78,21 @@ def compute_latent_source_table(teacher, rollout, gaps, teacher_test, rollout_te
                      "heldout_loss_teacher": gaps[source]["teacher"], "heldout_loss_rollout": gaps[source]["rollout"],
                      "final_train_loss": stage.get("final_loss"), **accuracy_cell(recs)})
     return {"rows": rows, "m_train": m_train}
+
+
+CHANNEL_MODES = ("latent", "text")
+CHANNEL_PROBES = ("", "/shuffle", "/zero", "/gold")  # as run, shuffled, zeroed, gold upstream text (text mode only)
+
+
+def compute_channel_table(report: Any, *, rounds: int, latent_steps: int, n: int, gold_note: str = "") -> dict[str, Any]:
+    """The channel section from a ``recursivemas.channel.ChannelReport`` (or anything with its two mappings).
+
+    ``report.accuracy[arm]`` is a share in [0, 1] for arms such as ``latent``, ``latent/shuffle``, ``text/gold``,
+    ``single``; ``report.gain[mode]`` has ``diff, low, high`` (points, as run minus shuffled, paired bootstrap 95%)
+    and ``p_value`` (exact McNemar). ``gold_note`` says why the gold-text arm is missing, when it is.
+    """
+    accuracy = {arm: float(acc) for arm, acc in report.accuracy.items()}
+    gain = {mode: {"diff": float(g.diff), "low": float(g.low), "high": float(g.high), "p_value": float(g.p_value)}
+            for mode, g in report.gain.items()}
+    return {"rounds": rounds, "latent_steps": latent_steps, "n": n, "accuracy": accuracy, "gain": gain,
+            "gold_note": gold_note}
