@@ -119,7 +119,7 @@ def _run_batch(system: SystemLike, batch: list[Example], mode: str, rounds: int,
     if steps is not None:
         kwargs["latent_steps"] = steps
     t0 = time.perf_counter()
-    results = system.run([e.question for e in batch], **kwargs)
+    results = system.run([e.inputs for e in batch], **kwargs)
     elapsed = time.perf_counter() - t0
     if len(results) != len(batch):
         raise RuntimeError(f"system.run returned {len(results)} results for {len(batch)} questions")
