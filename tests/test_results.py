@@ -61,7 +61,8 @@ def test_every_section_with_its_columns_and_plots(smoke):
         for col in columns:
             assert col in header, (section, col, header)
         assert "does not hold here" in text.split(section, 1)[1] or "holds here" in text.split(section, 1)[1]
-    for png in ("a_rounds.png", "b_links.png", "c_latent_length.png", "d_methods.png", "e_latent_source.png"):
+    for png in ("a_rounds.png", "b_links.png", "c_latent_length.png", "d_methods.png", "e_latent_source.png",
+                "f_channel.png"):
         assert (smoke["out"] / "results" / png).stat().st_size > 1000
         assert f"(results/{png})" in text
     assert "## Stage timings" in text and "**total**" in text
@@ -72,7 +73,31 @@ def test_every_section_with_its_columns_and_plots(smoke):
     assert {row["source"] for row in res["e"]["rows"]} == {"teacher", "rollout"}
     assert {row["label"] for row in res["b"]["rows"]} == {"untrained", "teacher"}
     assert [row["rounds"] for row in res["a"]["rows"]] == list(BUDGETS["smoke"].rounds_grid)
-    assert set(res["timings"]) >= {"train: inner loop", "(c) validation sweep: m x rounds", "(a) test: rounds, latent vs text"}
+    assert set(res["timings"]) >= {"train: inner loop", "(c) validation sweep: m x rounds", "(a) test: rounds, latent vs text",
+                                   "(f) test: channel tests"}
+
+
+def test_channel_section_from_a_real_channel_test(smoke):
+    text, res = smoke["path"].read_text(), smoke["results"]
+    section = text.split("## (f) Channel tests", 1)[1].split("## Stage timings", 1)[0]
+    header = [c.strip() for c in _table_header(text, "## (f) Channel tests").strip("|").split("|")]
+    assert header == ["mode", "as run", "shuffled", "zeroed", "gold upstream text", "channel gain (points)",
+                      "95% interval", "McNemar p"]
+    ch = res["channel"]
+    assert (ch["latent_steps"], ch["rounds"]) == (res["chosen"]["latent_steps"], res["chosen"]["rounds"])
+    assert set(ch["accuracy"]) == {"latent", "latent/shuffle", "latent/zero", "text", "text/shuffle", "text/zero",
+                                   "text/gold", "single"}
+    # as run is the same system, m, rounds, problems and batches as the (c) test row at the chosen m (greedy)
+    c_row = next(row for row in res["c"]["rows"] if row["m"] == ch["latent_steps"])
+    assert ch["accuracy"]["latent"] == pytest.approx(c_row["test"]["accuracy"])
+    assert ch["accuracy"]["single"] == pytest.approx(res["a"]["single"]["accuracy"])
+    for mode in ("latent", "text"):
+        g = ch["gain"][mode]
+        assert g["diff"] == pytest.approx(100 * (ch["accuracy"][mode] - ch["accuracy"][f"{mode}/shuffle"]))
+        what = "latents" if mode == "latent" else "text messages"
+        verdict = (f"**The {what} carry information about the input" if g["low"] > 0 or g["high"] < 0
+                   else f"**No evidence that the {what} carry information about the input**")
+        assert f"{verdict}" in section and f"({mode} mode)" in section
 
 
 def test_m_and_rounds_are_chosen_on_validation_only(smoke):
@@ -171,46 +196,39 @@ def test_settings_are_passed_not_written_into_systems(smoke):
         assert saved["latent_steps"] == 2  # the system file's value, whatever m was chosen
 
 
-def test_gold_slots_hold_the_upstream_roles_gold_text(tiny_agents, tmp_path):
-    from recursivemas import System, world
-    from recursivemas.results.arms import gold_slot_fields, gold_slots
-    from conftest import make_sequential_config
-
-    system = System.from_config(make_sequential_config(tiny_agents, tmp_path))
-    # each slot takes the training target of the agent that fills it (the pattern's default targets here)
-    assert gold_slot_fields(system) == {"PLAN": "plan", "REFINED_PLAN": "refined_plan", "FEEDBACK": "answer"}
-    records = world.generate("test", 2, 0, steps=(2, 3))
-    gold = gold_slots(system, records)
-    assert [g["PLAN"] for g in gold] == [r["plan"] for r in records]
-    assert gold[1]["FEEDBACK"] == records[1]["answer"]
-    with pytest.raises(ValueError, match="lack the gold text field"):
-        gold_slots(system, [{"question": "q", "plan": "p"}])
-
-
-def _channel_res(low: float, high: float):
-    """A channel section computed from a ChannelReport-shaped object (accuracy shares, gains in points)."""
-    from types import SimpleNamespace
-
+def _channel_res(run_correct: int, shuffle_correct: int) -> dict:
+    """The channel section computed from a real ChannelReport of 200 paired outcomes (the first k of each arm right)."""
+    from recursivemas.channel import ChannelReport, paired_difference
     from recursivemas.results.tables import compute_channel_table
 
-    accuracy = {"latent": 0.6, "latent/shuffle": 0.45, "latent/zero": 0.4, "text": 0.5, "text/shuffle": 0.5,
-                "text/zero": 0.45, "text/gold": 0.7, "single": 0.48}
-    gain = {"latent": SimpleNamespace(diff=15.0, low=low, high=high, p_value=0.01),
-            "text": SimpleNamespace(diff=0.0, low=-5.0, high=5.0, p_value=1.0)}
-    return {"channel": compute_channel_table(SimpleNamespace(accuracy=accuracy, gain=gain), rounds=2, latent_steps=4, n=200)}
+    def outcomes(k: int) -> list[bool]:
+        return [i < k for i in range(200)]
+
+    report = ChannelReport(200, 2, 4)
+    for arm, k in (("latent", run_correct), ("latent/shuffle", shuffle_correct), ("latent/zero", 80), ("text", 100),
+                   ("text/shuffle", 100), ("text/zero", 90), ("text/gold", 140), ("single", 96)):
+        report.add(arm, outcomes(k), tokens=3.0)
+    for mode in ("latent", "text"):
+        report.gain[mode] = paired_difference(report.correct[mode], report.correct[f"{mode}/shuffle"])
+    return {"channel": compute_channel_table(report, rounds=2, latent_steps=4, n=200)}
 
 
 def test_channel_section_says_whether_latents_carry_information():
     from recursivemas.results.markdown import render_channel_table
 
-    text = "\n".join(render_channel_table(_channel_res(5.0, 25.0), {}))
+    res = _channel_res(120, 90)  # 30 problems right only as run, none only shuffled: +15 points
+    g = res["channel"]["gain"]["latent"]
+    assert g["diff"] == pytest.approx(15.0) and 0 < g["low"] < 15 < g["high"]
+    text = "\n".join(render_channel_table(res, {}))
     header = [c.strip() for c in _table_header(text, "## (f) Channel tests").strip("|").split("|")]
     assert header[:5] == ["mode", "as run", "shuffled", "zeroed", "gold upstream text"] and "95% interval" in header
-    assert "| latent | 60.0% | 45.0% | 40.0% | - | +15.0 | [+5.0, +25.0] |" in text
-    assert "| text | 50.0% | 50.0% | 45.0% | 70.0% |" in text
+    assert "| latent | 60.0% | 45.0% | 40.0% | - | +15.0 |" in text
+    assert "| text | 50.0% | 50.0% | 45.0% | 70.0% | +0.0 |" in text
     assert "**The latents carry information about the input** (latent mode)" in text and "excludes 0" in text
-    assert "**No evidence that the text messages carry information" in text  # text's interval spans 0
-    unclear = "\n".join(render_channel_table(_channel_res(-2.0, 30.0), {}))
+    assert "**No evidence that the text messages carry information" in text  # identical outcomes: interval [0, 0]
+    assert "does not lower accuracy" not in text  # zeroed (40%) is below as run (60%)
+    assert "text mode scores 70.0% against 50.0% as run: higher" in text
+    unclear = "\n".join(render_channel_table(_channel_res(120, 118), {}))  # 2 discordant problems
     assert "**No evidence that the latents carry information about the input**" in unclear and "includes 0" in unclear
-    worse = "\n".join(render_channel_table(_channel_res(-30.0, -4.0), {}))
+    worse = "\n".join(render_channel_table(_channel_res(90, 120), {}))
     assert "but it lowers accuracy" in worse

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,31 +79,3 @@ def agent_params(system) -> dict[str, int]:
     for name, agent in system.agents.items():
         models.setdefault(id(agent.model), (name, sum(p.numel() for p in agent.model.parameters())))
     return {name: n for name, n in models.values()}
-
-
-def gold_slot_fields(system) -> dict[str, str]:
-    """Slot -> the record field holding the gold text of the agent that fills it (its training ``target``).
-
-    The world records carry every role's gold text, so this is what a perfect upstream agent would have written into
-    each slot (the text arm of docs/method.md#channel-tests).
-    """
-    fields: dict[str, str] = {}
-    for edge in system.graph.edges:
-        target = system.config.agents[edge.src].target
-        if not target:
-            raise ValueError(f"slot <<{edge.slot}>> is filled by {edge.src!r}, which has no training target; set "
-                             f"agents.{edge.src}.target to the record field with its gold text")
-        if fields.get(edge.slot, target) != target:
-            raise ValueError(f"slot <<{edge.slot}>> is filled by agents with different targets ({fields[edge.slot]!r}, "
-                             f"{target!r}); give each edge its own slot name to test with gold text")
-        fields[edge.slot] = target
-    return fields
-
-
-def gold_slots(system, records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """For each record, slot -> its gold upstream text (``System.run(..., probe="gold", gold=...)``)."""
-    fields = gold_slot_fields(system)
-    missing = sorted({f for f in fields.values() for r in records if f not in r})
-    if missing:
-        raise ValueError(f"the records lack the gold text field(s) {', '.join(missing)} that the slots need")
-    return [{slot: r[field] for slot, field in fields.items()} for r in records]

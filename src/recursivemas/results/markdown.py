@@ -349,8 +349,8 @@ def _channel_verdict(mode: str, gain: dict[str, float], n: int) -> str:
         return (f"**The {what} carry information about the input, but it lowers accuracy** ({mode} mode): shuffled beats "
                 f"as run ({interval}; the interval excludes 0).")
     return (f"**No evidence that the {what} carry information about the input** ({mode} mode): as run minus shuffled "
-            f"is {interval}; the interval includes 0: at n = {n}, a problem's own {what} do measurably no better than another "
-            "problem's.")
+            f"is {interval}; the interval includes 0: at n = {n}, a problem's own {what} did not do measurably better than "
+            "another problem's.")
 
 
 def render_channel_table(res: dict[str, Any], plots: dict[str, str]) -> list[str]:
@@ -382,7 +382,8 @@ def render_channel_table(res: dict[str, Any], plots: dict[str, str]) -> list[str
     lines += _img(plots, "channel")
     for mode in ("latent", "text"):
         if mode in gain:
-            lines.append(_channel_verdict(mode, gain[mode], ch["n"]))
+            lines.append("- " + _channel_verdict(mode, gain[mode], ch["n"]))
+    lines.append("")
     if "latent" in acc and "latent/zero" in acc and acc["latent/zero"] >= acc["latent"]:
         lines.append(f"Cutting the latent channel (zeroed) does not lower accuracy either ({_pct(acc['latent/zero'])} vs "
                      f"{_pct(acc['latent'])} as run).")

@@ -8,7 +8,6 @@ call (``System.run`` / ``evaluate`` keywords, ``TrainConfig`` fields).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -34,8 +33,6 @@ from recursivemas.results.tables import (
     heldout_gap,
 )
 from recursivemas.results.workdir import ReportRun, claim, locked
-
-_HAS_CHANNEL = importlib.util.find_spec("recursivemas.channel") is not None
 
 
 def run_report(
@@ -164,10 +161,9 @@ def _run_stages(run: ReportRun) -> Path:
     res["e"] = compute_latent_source_table(teacher, rollout, gaps, teacher_test, rollout_test, m_train)
 
     # ---- (f) channel tests of the main system at (m*, r*): as run vs shuffled / zeroed / gold upstream text
-    if _HAS_CHANNEL:  # HOOK: recursivemas.channel lands on main with "Channel tests"; drop this guard after merging it
-        with run.timed("(f) test: channel tests"):
-            key = {"latent_steps": m_star, "rounds": r_star, "n": len(run.test), "label": main_label}
-            res["channel"] = run.cached("channel", key, lambda: channel_section(run, main, m_star, r_star))
+    with run.timed("(f) test: channel tests"):
+        key = {"latent_steps": m_star, "rounds": r_star, "n": len(run.test), "label": main_label}
+        res["channel"] = run.cached("channel", key, lambda: channel_section(run, main, m_star, r_star))
 
     res["timings"] = dict(run.timings)
     res["this_invocation_s"] = time.perf_counter() - t_start
@@ -185,16 +181,17 @@ def _run_stages(run: ReportRun) -> Path:
 
 def channel_section(run: ReportRun, system, m: int, rounds: int) -> dict[str, Any]:
     """Run ``recursivemas.channel.channel_test`` on the test split (gold upstream text from the world records)."""
-    from recursivemas.channel import channel_test
+    from recursivemas.channel import channel_test, gold_texts
     from recursivemas.eval.grading import grade
 
     examples = run.test
     try:
-        gold, gold_note = arms.gold_slots(system, run.test_records), ""
-    except ValueError as err:  # a custom graph without training targets: the page says why the arm is missing
+        gold, gold_note = [gold_texts(system, r) for r in run.test_records], ""
+    except ValueError as err:  # a custom graph whose upstream agents have no target field: the page says so
         gold, gold_note = None, str(err)
-    report = channel_test(system, [r["question"] for r in run.test_records], lambda text, i: grade(examples[i], text).correct,
-                          gold=gold, rounds=rounds, latent_steps=m, batch_size=run.budget.eval_batch, seed=run.seed)
+    report = channel_test(system, run.test_records, lambda text, i: grade(examples[i], text).correct, gold=gold,
+                          rounds=rounds, latent_steps=m, batch_size=run.budget.eval_batch, seed=run.seed,
+                          progress=run.progress)
     return compute_channel_table(report, rounds=rounds, latent_steps=m, n=len(examples), gold_note=gold_note)
 
 

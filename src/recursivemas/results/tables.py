@@ -80,19 +80,16 @@ def compute_latent_source_table(teacher, rollout, gaps, teacher_test, rollout_te
     return {"rows": rows, "m_train": m_train}
 
 
-CHANNEL_MODES = ("latent", "text")
-CHANNEL_PROBES = ("", "/shuffle", "/zero", "/gold")  # as run, shuffled, zeroed, gold upstream text (text mode only)
-
-
 def compute_channel_table(report: Any, *, rounds: int, latent_steps: int, n: int, gold_note: str = "") -> dict[str, Any]:
-    """The channel section from a ``recursivemas.channel.ChannelReport`` (or anything with its two mappings).
+    """The channel section from a ``recursivemas.channel.ChannelReport`` (or anything with its mappings).
 
-    ``report.accuracy[arm]`` is a share in [0, 1] for arms such as ``latent``, ``latent/shuffle``, ``text/gold``,
-    ``single``; ``report.gain[mode]`` has ``diff, low, high`` (points, as run minus shuffled, paired bootstrap 95%)
-    and ``p_value`` (exact McNemar). ``gold_note`` says why the gold-text arm is missing, when it is.
+    ``report.accuracy[arm]`` is in percent for arms such as ``latent``, ``latent/shuffle``, ``text/gold``, ``single``
+    (stored here as a share, like every other accuracy of the report); ``report.gain[mode]`` has ``diff, low, high``
+    (points, as run minus shuffled, paired bootstrap 95%) and ``p_value`` (exact McNemar). ``gold_note`` says why
+    the gold-text arm is missing, when it is.
     """
-    accuracy = {arm: float(acc) for arm, acc in report.accuracy.items()}
+    accuracy = {arm: float(acc) / 100 for arm, acc in report.accuracy.items()}
     gain = {mode: {"diff": float(g.diff), "low": float(g.low), "high": float(g.high), "p_value": float(g.p_value)}
             for mode, g in report.gain.items()}
     return {"rounds": rounds, "latent_steps": latent_steps, "n": n, "accuracy": accuracy, "gain": gain,
-            "gold_note": gold_note}
+            "tokens": dict(getattr(report, "tokens", {}) or {}), "gold_note": gold_note}
