@@ -20,7 +20,7 @@ def report(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ) -> None:
     """Accuracy by rounds (latent vs text), trained vs untrained links, the m ablation, links vs LoRA vs full
-    fine-tuning, and teacher vs rollout training: one run, m and rounds chosen on validation only."""
+    fine-tuning, teacher vs rollout training, and channel tests: one run, m and rounds chosen on validation only."""
     from recursivemas.results import BUDGETS, default_system_path, run_report
 
     if budget not in BUDGETS:

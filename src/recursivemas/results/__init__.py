@@ -7,7 +7,8 @@ with the system given (by default the bundled sequential system):
 - (b) trained vs untrained links;
 - (c) the latent length ``m`` from 0 upward (the m ablation);
 - (d) RecursiveMAS links vs LoRA vs full fine-tuning of the decoding agent, same data and step budget (Table 5's shape);
-- (e) teacher-forced vs rollout-consistent outer training.
+- (e) teacher-forced vs rollout-consistent outer training;
+- (f) channel tests: as run vs shuffled vs zeroed latents (and gold upstream text), docs/method.md#channel-tests.
 
 Modules by job: ``protocol`` (budgets, data, choosing m and rounds on validation), ``arms`` (the systems compared),
 ``workdir`` (locking and resuming a run's directory), ``runner`` (the stages in order), ``stats`` (accuracy and

@@ -54,7 +54,7 @@ def render_results(res: dict[str, Any], plots: dict[str, str]) -> str:
         f"(ties to fewer rounds, then smaller m) gave **m = {m}, rounds = {r}** ({100 * chosen['accuracy']:.1f}% on "
         f"{chosen['n']} validation problems). m = 0 is not a candidate: it passes nothing between agents (the decoder "
         "answers alone), so it is the reference point of the m ablation (c), not a RecursiveMAS setting. The test split "
-        "was evaluated afterwards and never used for choosing; (a), (b), (d) and (e) use these values.",
+        "was evaluated afterwards and never used for choosing; (a), (b), (d), (e) and (f) use these values.",
         f"- Accuracies are given with the half-width of a Wilson 95% interval: at n = {data['test']}, differences smaller "
         "than about that are not evidence of anything.",
         f"- Seed {res['seed']} for data, link initialisation, data order and decoding (greedy); torch threads: {res['threads']}.",
