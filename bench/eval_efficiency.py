@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from recursivemas.eval.harness import evaluate, parse_list
 
     path = Path(args.system)
-    system = System.from_pretrained(path) if path.is_dir() else System.from_config(path)
+    system = System.load(path)
     rounds = parse_list(args.rounds, int, name="--rounds")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.records) if args.records else Path(tmp) / "records.jsonl"

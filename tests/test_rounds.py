@@ -194,3 +194,23 @@ def test_inputs_with_fields_reach_only_the_agents_that_read_them(tiny_agents):
     assert len(res) == 2 and all(r.usage.generated_tokens > 0 for r in res)
     with pytest.raises(ValueError, match=r"reads input field \{story\}, which is missing"):
         system.run(["just a question"])
+
+
+def test_eval_harness_runs_channel_arms_and_reports_the_gain(sequential_config, tmp_path):
+    from recursivemas.eval.harness import evaluate
+    from recursivemas.eval.report import channel_gains, markdown
+    from recursivemas.eval.tasks import Example
+
+    system = System.from_config(sequential_config)
+    examples = [Example(f"q{i}", q, "5", "math", {"task": "toy"}, fields={"question": q, "refined_plan": "add"})
+                for i, q in enumerate(QUESTIONS)]
+    records = evaluate(system, examples, modes=["text", "latent"], rounds=[2], out_path=tmp_path / "r.jsonl",
+                       batch_size=4, progress=False, probes=["shuffle", "zero", "gold"])
+    modes = sorted({r["mode"] for r in records})
+    assert modes == ["latent", "latent/shuffle", "latent/zero", "text", "text/gold", "text/shuffle", "text/zero"]
+    assert {r["probe"] for r in records if r["mode"] == "latent/shuffle"} == {"shuffle"}
+    gains = channel_gains(records)
+    assert [(g["mode"], g["rounds"], g["n"]) for g in gains] == [("text", 2, 4), ("latent", 2, 4)]
+    assert "channel gain" in markdown(records)
+    with pytest.raises(ValueError, match="unknown probe"):
+        evaluate(system, examples, modes=["latent"], out_path=tmp_path / "x.jsonl", probes=["swap"])

@@ -28,6 +28,7 @@ from recursivemas.config import EdgeConfig
 from recursivemas.graph import Graph, edge_name
 from recursivemas.slots import SlotFill
 
+MODES = ("single", "text", "latent")  # the decoding agent alone; the agents in text; RecursiveMAS
 PROBES = ("none", "shuffle", "zero", "gold")
 
 

@@ -17,18 +17,17 @@ from tqdm.auto import tqdm
 
 from recursivemas.agent import Agent, as_fields, load_model_and_tokenizer
 from recursivemas.config import ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
-from recursivemas.generation import DecodeSession, generate
+from recursivemas.generation import DecodeSession, decode_batch
 from recursivemas.graph import Graph, edge_name
 from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.prefix import PrefixStore, Tail
 from recursivemas.rollout import latent_rollout
-from recursivemas.rounds import PROBES, Mailbox
+from recursivemas.rounds import MODES, PROBES, Mailbox
 from recursivemas.slots import Input, SlotFill
 from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
-MODES = ("latent", "text", "single")
 CONFIG_NAME, LINKS_NAME = "system.yaml", "links.safetensors"
 
 
@@ -61,6 +60,7 @@ class System:
     # ---------------------------------------------------------------- loading and saving
     @classmethod
     def from_config(cls, source: str | Path | dict, link_checkpoint: str | Path | None = None) -> "System":
+        """A system from a system file or an already-parsed mapping (``System.load`` also takes directories)."""
         config = load_config(source)
         graph = Graph.from_config(config)
         agents = _load_agents(config)
@@ -77,6 +77,16 @@ class System:
         system = cls(config, agents, links, graph)
         system.place_links()
         return system
+
+    @classmethod
+    def load(cls, path: str | Path) -> "System":
+        """A system from a system file (YAML) or a directory written by ``save_pretrained``: the one way to load one."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.from_pretrained(path)
+        if not path.is_file():
+            raise ConfigError(f"system {str(path)!r} does not exist; pass a system YAML file or a directory saved with save_pretrained")
+        return cls.from_config(path)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "System":
@@ -249,7 +259,7 @@ class System:
         tail = prefixes.inputs([agent], {name: fills})
         if action == "answer" and self.tool_loop is not None:
             return self._decode_with_tools(agent, tail, round_, max_new, usages, gen, generator, start, tool_log)
-        ids, session = generate(
+        ids, session = decode_batch(
             agent.model,
             tail.embeds,
             tail.mask,

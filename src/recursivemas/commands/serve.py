@@ -21,7 +21,7 @@ def serve(
     from recursivemas import System
     from recursivemas.serve import create_app
 
-    loaded = System.from_pretrained(system) if system.is_dir() else System.from_config(system)
+    loaded = System.load(system)
     app = create_app(loaded, model_name=model_name, max_batch=max_batch)
     typer.echo(f"serving {app.state.model_name!r} (decoder {loaded.graph.decoder!r}) on http://{host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

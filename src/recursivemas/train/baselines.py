@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from recursivemas.generation import generate
+from recursivemas.generation import decode_batch
 from recursivemas.train.data import role_targets
 from recursivemas.train.teacher import answer_ce, forced_pass, prompt_ids, target_ids
 
@@ -124,7 +124,7 @@ class FinetuneStage:
         prompts = prompts or [prompt_ids(self.agent, q) for q in questions]
         table = self.lm.get_input_embeddings()
         embeds, mask = left_pad([table(torch.tensor(p, device=self.agent.device)) for p in prompts])
-        ids, _ = generate(
+        ids, _ = decode_batch(
             self.lm,
             embeds,
             mask,
