@@ -23,14 +23,6 @@ def has_trained_links(system_path: str | Path) -> bool:
     return bool(config.links.checkpoint or config.links.release) or (path.is_dir() and (path / "links.safetensors").is_file())
 
 
-def load_system(system_path: str | Path):
-    """The system as given: a saved directory (trained links) or a system file."""
-    from recursivemas import System
-
-    path = Path(system_path)
-    return System.from_pretrained(path) if path.is_dir() else System.from_config(path)
-
-
 def untrained_config(system_path: str | Path) -> dict[str, Any]:
     """The system file as a mapping with its links reset to their seeded random initialisation."""
     path = Path(system_path)

@@ -88,7 +88,7 @@ def _run_stages(run: ReportRun) -> Path:
         sys_teacher = System.from_pretrained(run.work / "train" / "outer_teacher")
 
     # ---- choose m and rounds on validation, with the main system (shipped links if any, else this run's)
-    main = arms.load_system(system_path) if shipped else sys_teacher
+    main = System.load(system_path) if shipped else sys_teacher
     main_label = "main" if shipped else "teacher"  # without shipped links, the main system is this run's teacher arm
     res["main_links"] = "shipped" if shipped else "trained in this run (teacher latents)"
     res["shipped_training"] = arms.shipped_steps(system_path) if shipped else None
