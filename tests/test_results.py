@@ -226,9 +226,11 @@ def test_channel_section_says_whether_latents_carry_information():
     assert "| text | 50.0% | 50.0% | 45.0% | 70.0% | +0.0 |" in text
     assert "**The latents carry information about the input** (latent mode)" in text and "excludes 0" in text
     assert "**No evidence that the text messages carry information" in text  # identical outcomes: interval [0, 0]
-    assert "does not lower accuracy" not in text  # zeroed (40%) is below as run (60%)
-    assert "text mode scores 70.0% against 50.0% as run: higher" in text
+    assert "soft prompt" not in text  # shuffling costs 15 points: the content matters
+    assert "the decoder scores 70.0% against 48.0% alone (+22.0 [" in text and "a perfect hand-off helps it" in text
     unclear = "\n".join(render_channel_table(_channel_res(120, 118), {}))  # 2 discordant problems
     assert "**No evidence that the latents carry information about the input**" in unclear and "includes 0" in unclear
+    # zeroing costs 20 points (40 problems right only as run), shuffling nothing measurable: presence, not content
+    assert "Zeroing the latents costs +20.0 [" in unclear and "soft prompt" in unclear
     worse = "\n".join(render_channel_table(_channel_res(90, 120), {}))
     assert "but it lowers accuracy" in worse

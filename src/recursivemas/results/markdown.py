@@ -353,6 +353,14 @@ def _channel_verdict(mode: str, gain: dict[str, float], n: int) -> str:
             "another problem's.")
 
 
+def _excludes_zero(d: dict[str, float]) -> bool:
+    return d["low"] > 0 or d["high"] < 0
+
+
+def _interval(d: dict[str, float]) -> str:
+    return f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+
 def render_channel_table(res: dict[str, Any], plots: dict[str, str]) -> list[str]:
     """(f) Channel tests: accuracy as run / shuffled / zeroed (and text with gold upstream text), the channel gain."""
     ch = res["channel"]
@@ -384,14 +392,24 @@ def render_channel_table(res: dict[str, Any], plots: dict[str, str]) -> list[str
         if mode in gain:
             lines.append("- " + _channel_verdict(mode, gain[mode], ch["n"]))
     lines.append("")
-    if "latent" in acc and "latent/zero" in acc and acc["latent/zero"] >= acc["latent"]:
-        lines.append(f"Cutting the latent channel (zeroed) does not lower accuracy either ({_pct(acc['latent/zero'])} vs "
-                     f"{_pct(acc['latent'])} as run).")
-    if "text/gold" in acc and "text" in acc:
-        helps = acc["text/gold"] > acc["text"]
-        lines.append(f"With gold upstream text in its slots, text mode scores {_pct(acc['text/gold'])} against "
-                     f"{_pct(acc['text'])} as run: " + ("higher, so a better hand-off has something to give these "
-                     "receivers." if helps else "not higher, so even a perfect hand-off does not help these receivers "
-                     "here, and no channel, latent or text, can be expected to."))
+    paired = ch.get("paired", {})
+    zero, shuffle = paired.get("latent-zero"), gain.get("latent")
+    if zero and shuffle:
+        if zero["low"] > 0 and not _excludes_zero(shuffle):
+            lines.append(f"Zeroing the latents costs {_interval(zero)} points while shuffling them costs nothing measurable: "
+                         "the receivers respond to the latents' presence, not to their content (an input-independent "
+                         "soft prompt).")
+        elif not _excludes_zero(zero):
+            lines.append(f"Zeroing the latents changes accuracy by {_interval(zero)} points: no measurable response to "
+                         "the latent channel at all.")
+    gold = paired.get("gold-single")
+    if gold:
+        lines.append(f"With gold upstream text in its slots the decoder scores {_pct(acc['text/gold'])} against "
+                     f"{_pct(acc['single'])} alone ({_interval(gold)} points): " + (
+                         "a perfect hand-off helps it, so there is something for a channel to carry." if gold["low"] > 0
+                         else "gold upstream text lowers its accuracy: it does better with no hand-off at all, so no "
+                         "channel can be expected to help it." if gold["high"] < 0
+                         else "even a perfect hand-off does not measurably help it, so no channel, latent or text, can be "
+                         "expected to raise its accuracy here."))
     lines.append("")
     return lines

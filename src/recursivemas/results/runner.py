@@ -162,7 +162,7 @@ def _run_stages(run: ReportRun) -> Path:
 
     # ---- (f) channel tests of the main system at (m*, r*): as run vs shuffled / zeroed / gold upstream text
     with run.timed("(f) test: channel tests"):
-        key = {"latent_steps": m_star, "rounds": r_star, "n": len(run.test), "label": main_label}
+        key = {"latent_steps": m_star, "rounds": r_star, "n": len(run.test), "label": main_label, "format": 2}
         res["channel"] = run.cached("channel", key, lambda: channel_section(run, main, m_star, r_star))
 
     res["timings"] = dict(run.timings)

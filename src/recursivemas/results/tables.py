@@ -81,15 +81,27 @@ def compute_latent_source_table(teacher, rollout, gaps, teacher_test, rollout_te
 
 
 def compute_channel_table(report: Any, *, rounds: int, latent_steps: int, n: int, gold_note: str = "") -> dict[str, Any]:
-    """The channel section from a ``recursivemas.channel.ChannelReport`` (or anything with its mappings).
+    """The channel section from a ``recursivemas.channel.ChannelReport``.
 
     ``report.accuracy[arm]`` is in percent for arms such as ``latent``, ``latent/shuffle``, ``text/gold``, ``single``
     (stored here as a share, like every other accuracy of the report); ``report.gain[mode]`` has ``diff, low, high``
     (points, as run minus shuffled, paired bootstrap 95%) and ``p_value`` (exact McNemar). ``gold_note`` says why
-    the gold-text arm is missing, when it is.
+    the gold-text arm is missing, when it is. ``paired`` adds as run minus zeroed per mode and gold text minus the
+    decoder alone, each with its paired interval.
     """
+    from recursivemas.channel import paired_difference
+
     accuracy = {arm: float(acc) / 100 for arm, acc in report.accuracy.items()}
-    gain = {mode: {"diff": float(g.diff), "low": float(g.low), "high": float(g.high), "p_value": float(g.p_value)}
-            for mode, g in report.gain.items()}
+    gain = {mode: _difference(g) for mode, g in report.gain.items()}
+    # Two more paired contrasts from the per-input outcomes: as run minus zeroed (does the receiver respond to the
+    # channel at all?) and gold text minus the decoder alone (could any hand-off help it?).
+    correct = report.correct
+    contrasts = {f"{mode}-zero": (mode, f"{mode}/zero") for mode in gain} | {"gold-single": ("text/gold", "single")}
+    paired = {name: _difference(paired_difference(correct[a], correct[b]))
+              for name, (a, b) in contrasts.items() if a in correct and b in correct}
     return {"rounds": rounds, "latent_steps": latent_steps, "n": n, "accuracy": accuracy, "gain": gain,
-            "tokens": dict(getattr(report, "tokens", {}) or {}), "gold_note": gold_note}
+            "paired": paired, "tokens": dict(report.tokens), "gold_note": gold_note}
+
+
+def _difference(d: Any) -> dict[str, float]:
+    return {"diff": float(d.diff), "low": float(d.low), "high": float(d.high), "p_value": float(d.p_value)}
