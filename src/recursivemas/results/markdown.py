@@ -396,12 +396,12 @@ def render_channel_table(res: dict[str, Any], plots: dict[str, str]) -> list[str
     zero, shuffle = paired.get("latent-zero"), gain.get("latent")
     if zero and shuffle:
         if zero["low"] > 0 and not _excludes_zero(shuffle):
-            lines.append(f"Zeroing the latents costs {_interval(zero)} points while shuffling them costs nothing measurable: "
-                         "the receivers respond to the latents' presence, not to their content (an input-independent "
-                         "soft prompt).")
+            lines += [f"Zeroing the latents costs {_interval(zero)} points while shuffling them costs nothing measurable: "
+                      "the receivers respond to the latents' presence, not to their content (an input-independent "
+                      "soft prompt).", ""]
         elif not _excludes_zero(zero):
-            lines.append(f"Zeroing the latents changes accuracy by {_interval(zero)} points: no measurable response to "
-                         "the latent channel at all.")
+            lines += [f"Zeroing the latents changes accuracy by {_interval(zero)} points: no measurable response to "
+                      "the latent channel at all.", ""]
     gold = paired.get("gold-single")
     if gold:
         lines.append(f"With gold upstream text in its slots the decoder scores {_pct(acc['text/gold'])} against "
