@@ -214,3 +214,20 @@ def test_eval_harness_runs_channel_arms_and_reports_the_gain(sequential_config, 
     assert "channel gain" in markdown(records)
     with pytest.raises(ValueError, match="unknown probe"):
         evaluate(system, examples, modes=["latent"], out_path=tmp_path / "x.jsonl", probes=["swap"])
+
+
+def test_should_stop_cancels_a_run_between_turns(sequential_config):
+    from recursivemas.system import Cancelled
+
+    system = System.from_config(sequential_config)
+    trace: list = []
+    asked = {"n": 0}
+
+    def stop_in_round_two() -> bool:
+        asked["n"] += 1
+        return any(event[0] == 2 for event in trace)
+
+    with pytest.raises(Cancelled, match="round 2"):
+        system.run(QUESTIONS[:2], mode="latent", rounds=3, trace=trace, should_stop=stop_in_round_two)
+    assert max(event[0] for event in trace) == 2 and asked["n"] >= 4
+    assert system.run(QUESTIONS[:2], mode="latent", rounds=3, should_stop=lambda: False)  # a run nobody stops completes

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recursivemas.validation import ConfigError
+
 LINK_KINDS = ("ln_res", "res", "linear")
 
 
@@ -139,10 +141,13 @@ def load_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"link checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, not a .pt, or holding objects weights_only refuses
+        raise ConfigError(f"links.release file {path} cannot be read as plain tensors ({type(err).__name__}: {str(err)[:200]})") from err
     for key in ("state_dict", "model", "adapter"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a link state dict (expected a mapping of parameter names to tensors)")
+        raise ConfigError(f"{path} is not a link state dict (expected a mapping of parameter names to tensors)")
     return {k.removeprefix("module."): v for k, v in state.items()}

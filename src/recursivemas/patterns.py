@@ -6,9 +6,21 @@ runs any graph the same way.
 
 from __future__ import annotations
 
-from recursivemas.config import ConfigError, EdgeConfig
+from dataclasses import dataclass
+
+from recursivemas.validation import ConfigError
 
 PATTERNS = ("sequential", "distillation", "mixture", "deliberation")
+
+
+@dataclass
+class EdgeConfig:
+    """One edge of the graph: ``src``'s latents (or text) fill slot ``<<slot>>`` of ``dst``'s prompt."""
+
+    src: str
+    dst: str
+    slot: str
+    feedback: bool = False  # carried to the next round (docs/method.md#rounds)
 
 
 def _fixed(roles: tuple[str, ...], agents: list[str], pattern: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -29,6 +29,10 @@ from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
 CONFIG_NAME, LINKS_NAME = "system.yaml", "links.safetensors"
+
+
+class Cancelled(RuntimeError):
+    """``System.run`` stopped early because its ``should_stop`` callback said so."""
 
 
 @dataclass
@@ -134,6 +138,7 @@ class System:
         gold: Sequence[Mapping[str, str]] | None = None,
         probe_seed: int = 0,
         trace: list | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[RunResult]:
         """Answer each input; returns one ``RunResult`` per input, in order.
 
@@ -152,6 +157,8 @@ class System:
         ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch and reuses its KV
         cache in later rounds (``recursivemas.prefix``; a one-round run has nothing to reuse); turning it
         off encodes every prompt whole, for checks. ``trace`` collects the schedule's events (tests).
+        ``should_stop`` is asked before every turn of every round; when it answers true the run raises
+        ``Cancelled`` (the server stops work for a client that went away).
         """
         if isinstance(inputs, (str, Mapping)):
             inputs = [inputs]
@@ -172,13 +179,14 @@ class System:
             batch = inputs[start : start + batch_size]
             batch_gold = None if gold is None else list(gold[start : start + batch_size])
             results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, gen, generator, reuse_prefix,
-                                       probe, f"{probe_seed}:{start}", batch_gold, trace)
+                                       probe, f"{probe_seed}:{start}", batch_gold, trace, should_stop)
             bar.update(len(batch))
         bar.close()
         return results
 
     def _run_batch(self, inputs: list, mode: str, rounds: int, steps: int, gen: GenerationConfig, generator,
-                   reuse_prefix: bool, probe: str = "none", probe_seed: int | str = 0, gold=None, trace: list | None = None) -> list[RunResult]:
+                   reuse_prefix: bool, probe: str = "none", probe_seed: int | str = 0, gold=None, trace: list | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> list[RunResult]:
         n = len(inputs)
         usages = [Usage() for _ in inputs]
         handoffs: list[list[dict]] = [[] for _ in inputs]
@@ -186,6 +194,8 @@ class System:
         decoder, max_answer = self.graph.decoder, gen.max_new_tokens
         # Each agent's prompt up to its first slot, encoded once for all rounds (nothing to reuse in one round).
         prefixes = PrefixStore(inputs, reuse=reuse_prefix and rounds > 1)
+        if should_stop is not None and should_stop():
+            raise Cancelled("the run was cancelled before it started")
         if mode == "single" or probe == "gold":  # the decoding agent alone: every slot empty, or holding gold text
             fills = _gold_fills(self.graph, gold, n) if probe == "gold" else {}
             texts = self._decode(decoder, prefixes, fills, 1, "answer", max_answer, usages, gen, generator, tool_log)
@@ -193,6 +203,8 @@ class System:
         mail = Mailbox(self.graph, n, probe, probe_seed, trace)
         for turn in mail.turns(rounds):
             r = turn.round
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"the run was cancelled in round {r}")
             answer_fills = mail.fills(decoder) if turn.answers else None
             fills = {agent: mail.fills(agent) for agent in turn.senders}
             if turn.answers:
@@ -291,7 +303,7 @@ class System:
 
             def continue_decoding(appended: str) -> tuple[str, bool]:
                 if appended:
-                    session.feed(agent.encode(appended))
+                    session.feed(agent.encode(appended, untrusted=True))  # tool output is not ours: no special tokens
                 budget = max_new - len(generated)
                 if budget <= 0 or (generated and generated[-1] in agent.eos_token_ids):
                     return "", False

@@ -21,8 +21,10 @@ def _mean(values: Sequence[float]) -> float:
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, split, mode, rounds, latent_steps): n, accuracy and mean cost per question."""
+    from recursivemas.eval.harness import unique_records  # a record counted twice would skew n and accuracy
+
     groups: dict[Group, list[dict[str, Any]]] = defaultdict(list)
-    for rec in records:
+    for rec in unique_records(records):
         groups[_group(rec)].append(rec)
     rows = []
     for (task, split, mode, rounds, steps), recs in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
