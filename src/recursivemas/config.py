@@ -85,7 +85,7 @@ class LinksConfig:
     checkpoint: str | None = None  # a links.safetensors written by save_pretrained or training
     release: dict[str, str] = field(default_factory=dict)  # link name -> public-release .pt file
     init: str = "random"  # random | ridge (training initialises outer links by least squares)
-    inner: str = "trained"  # trained | latentmas (training-free closed-form map per model, SPEC section 8)
+    inner: str = "trained"  # trained | latentmas (training-free closed-form map per model, docs/method.md#baselines)
 
     def __post_init__(self) -> None:
         from recursivemas.links import LINK_KINDS

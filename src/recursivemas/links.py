@@ -1,4 +1,4 @@
-"""RecursiveLink modules (SPEC section 2).
+"""RecursiveLink modules (docs/method.md#links).
 
 Parameter names match the public release so its state dicts load unchanged:
 inner ``proj1, proj2, pre_ln, post_ln``; outer ``proj1, proj2, ln_source, ln_target, residual_proj``.
@@ -87,7 +87,7 @@ class OuterLink(nn.Module):
         """Least-squares fit of ``residual_proj`` from paired (source hidden, target embedding) rows.
 
         Randomly initialised outer links start far from useful; this gives the residual path a
-        sensible map before training (SPEC section 7). The MLP branch is zeroed so the link starts
+        sensible map before training (docs/method.md#training). The MLP branch is zeroed so the link starts
         as the fitted affine map (before ``ln_target``).
         """
         source = source.reshape(-1, self.in_dim).double()
@@ -107,7 +107,7 @@ class OuterLink(nn.Module):
 
 
 class LatentMASLink(nn.Module):
-    """Training-free map for one model (LatentMAS, SPEC section 8).
+    """Training-free map for one model (LatentMAS, docs/method.md#baselines).
 
     ``h -> h @ W_a`` with ``W_a = (W_out^T W_out + lam I)^-1 W_out^T W_in``, rescaled so outputs have
     the mean input-embedding norm. Usable wherever an ``InnerLink`` is expected.

@@ -1,4 +1,4 @@
-"""The paper's four collaboration patterns (SPEC section 6), each an instance of one graph type.
+"""The paper's four collaboration patterns (docs/method.md#patterns), each an instance of one graph type.
 
 A pattern only names roles, edges (with the slot each fills) and the decoding agent; the engine
 runs any graph the same way.

@@ -1,4 +1,4 @@
-"""Latent rollout inside one agent (SPEC section 3), with the KV cache.
+"""Latent rollout inside one agent (docs/method.md#latent-rollout), with the KV cache.
 
 The prompt is encoded once; every latent step then feeds one position (``R_in(h)``) through the
 decoder stack. The LM head is never computed: we call the model's decoder (``model.base_model``),

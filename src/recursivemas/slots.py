@@ -1,4 +1,4 @@
-"""Building an agent's input embeddings: its rendered prompt with what arrived at each slot spliced in (SPEC section 4).
+"""Building an agent's input embeddings: its rendered prompt with what arrived at each slot spliced in (docs/method.md#slots).
 
 Text pieces are tokenized and embedded with the receiver's own tokenizer and embedding table; latents
 (already mapped into the receiver's space by an outer link) take ordinary positions with mask 1; text

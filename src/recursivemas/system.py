@@ -1,4 +1,4 @@
-"""A recursive multi-agent system: agents on a graph, links on its edges, run for n rounds (SPEC section 5).
+"""A recursive multi-agent system: agents on a graph, links on its edges, run for n rounds (docs/method.md#rounds).
 
 Modes share everything but the hand-off: ``latent`` passes ``R_out(R_in(H))`` between agents and decodes
 text once, at the decoding agent in the last round; ``text`` decodes every hand-off to text (the paper's

@@ -1,4 +1,4 @@
-"""Training: the inner loop, the outer loop, baselines, checkpoints and data parallelism (SPEC section 7).
+"""Training: the inner loop, the outer loop, baselines, checkpoints and data parallelism (docs/method.md#training).
 
 ``recursivemas train`` (``python -m recursivemas train`` under torchrun) run :func:`train_from_files`; from Python::
 

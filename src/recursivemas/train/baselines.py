@@ -1,4 +1,4 @@
-"""Baselines on the same data and step budget (SPEC section 8, the paper's Table 5).
+"""Baselines on the same data and step budget (docs/method.md#baselines, the paper's Table 5).
 
 The decoding agent alone, prompted with its role prompt (every slot empty, as ``System.run(mode="single")``
 does), fine-tuned on question -> answer with next-token cross-entropy on the answer tokens + eos:

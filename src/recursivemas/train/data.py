@@ -1,4 +1,4 @@
-"""Training data: one record per question with one target text per role (SPEC section 7).
+"""Training data: one record per question with one target text per role (docs/method.md#training).
 
 Field names follow the public release: sequential ``{question, plan, refined_plan, answer}``,
 distillation ``{question, expert, answer}``. For any graph, ``agents.X.target`` in the system file

@@ -1,4 +1,4 @@
-"""The outer loop (SPEC section 7): the whole system unrolled over n rounds, only the outer links train.
+"""The outer loop (docs/method.md#training): the whole system unrolled over n rounds, only the outer links train.
 
 Rounds follow ``recursivemas.rounds``, the schedule ``System.run`` walks too (a test compares the two
 walks): forward edges fill slots within a round, feedback edges carry to the next round, and the
@@ -200,7 +200,7 @@ class OuterStage:
     def evaluate(self, records: Sequence[dict]) -> dict[str, float]:
         out = answer_metrics(self.system, records, self.cfg, "teacher")
         rolled = answer_metrics(self.system, records, self.cfg, "rollout")
-        # the train/inference gap (SPEC section 10): the same loss with latents formed as at inference
+        # the train/inference gap (docs/method.md#deviations): the same loss with latents formed as at inference
         out["answer_loss_rollout"] = rolled["answer_loss"]
         out["answer_token_acc_rollout"] = rolled["answer_token_acc"]
         if self.cfg.eval_generate:

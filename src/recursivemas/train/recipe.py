@@ -50,7 +50,7 @@ class TrainConfig:
     method: str = "recursivemas"  # recursivemas | lora | full
     steps: int = 100  # optimizer steps per stage
     inner_steps: int | None = None  # inner-loop steps when different from `steps`
-    lr: float = 1e-4  # the release used 5e-4; re-runs found the outer loop unstable there (SPEC section 7)
+    lr: float = 1e-4  # the release used 5e-4; re-runs found the outer loop unstable there (docs/method.md#training)
     inner_lr: float | None = None  # defaults to lr
     batch_size: int = 4  # global batch, split across data-parallel ranks
     warmup_steps: int = 10
