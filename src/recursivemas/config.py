@@ -192,13 +192,22 @@ def _check_link_files(links: LinksConfig, resolve) -> None:
         check_safetensors(resolve(links.checkpoint), "links.checkpoint", error=ConfigError)
 
 
+CONFIG_NAME = "system.yaml"  # the system file inside a directory written by System.save_pretrained
+
+
+def system_file(path: str | Path) -> Path:
+    """The system file a path names: the file itself, or ``system.yaml`` inside a saved system directory."""
+    path = Path(path)
+    return path / CONFIG_NAME if path.is_dir() else path
+
+
 def load_config(source: str | Path | dict) -> SystemConfig:
     """Parse and validate a system file (path or already-parsed mapping). Graph checks happen in ``graph.py``."""
     if isinstance(source, dict):
         data, base_dir = dict(source), Path(source.get("base_dir", Path.cwd()))
         data.pop("base_dir", None)
     else:
-        path = Path(source)
+        path = system_file(source)
         if not path.is_file():
             raise ConfigError(f"system file {path} does not exist")
         try:

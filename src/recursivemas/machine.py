@@ -19,13 +19,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe(load: bool = True) -> str:
+def describe(load: bool = True, threads: int | None = None) -> str:
     """E.g. ``Intel Xeon ..., 2 cores, 1 torch thread(s), no GPU, torch 2.13.0, load average 0.4``.
 
     The load average is there because a busy machine slows every arm of a comparison: say how busy it was.
     """
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    text = f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), {gpu}, torch {torch.__version__}"
+    threads = torch.get_num_threads() if threads is None else threads
+    text = f"{_cpu_name()}, {os.cpu_count()} cores, {threads} torch thread(s), {gpu}, torch {torch.__version__}"
     if load and hasattr(os, "getloadavg"):
         text += f", load average {os.getloadavg()[0]:.1f}"
     return text

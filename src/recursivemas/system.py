@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recursivemas.agent import Agent, as_fields, load_model_and_tokenizer
-from recursivemas.config import ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
+from recursivemas.config import CONFIG_NAME, ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
 from recursivemas.generation import DecodeSession, decode_batch
 from recursivemas.graph import Graph, edge_name
 from recursivemas.links import LatentMASLink
@@ -28,7 +28,7 @@ from recursivemas.slots import Input, SlotFill
 from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
-CONFIG_NAME, LINKS_NAME = "system.yaml", "links.safetensors"
+LINKS_NAME = "links.safetensors"
 
 
 class Cancelled(RuntimeError):

@@ -19,14 +19,15 @@ def has_trained_links(system_path: str | Path) -> bool:
     from recursivemas.config import load_config
 
     path = Path(system_path)
-    config = load_config(path / "system.yaml" if path.is_dir() else path)
+    config = load_config(path)
     return bool(config.links.checkpoint or config.links.release) or (path.is_dir() and (path / "links.safetensors").is_file())
 
 
 def untrained_config(system_path: str | Path) -> dict[str, Any]:
     """The system file as a mapping with its links reset to their seeded random initialisation."""
-    path = Path(system_path)
-    path = path / "system.yaml" if path.is_dir() else path
+    from recursivemas.config import system_file
+
+    path = system_file(system_path)
     data = yaml.safe_load(path.read_text())
     links = dict(data.get("links") or {})
     links.update(checkpoint=None, release={})

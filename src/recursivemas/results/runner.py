@@ -9,7 +9,6 @@ call (``System.run`` / ``evaluate`` keywords, ``TrainConfig`` fields).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from recursivemas.machine import describe as describe_machine
 from recursivemas.results import arms
 from recursivemas.results.markdown import render_results
 from recursivemas.results.plots import plot_all
@@ -167,7 +167,7 @@ def _run_stages(run: ReportRun) -> Path:
 
     res["timings"] = dict(run.timings)
     res["this_invocation_s"] = time.perf_counter() - t_start
-    res["machine"] = _machine(run.threads)
+    res["machine"] = describe_machine(load=False, threads=run.threads)
     res["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     res["data"] = {"train": len(run.train_records), "heldout": len(run.heldout), "validation": len(run.val),
                    "test": len(run.test), "world_steps": list(spec.world_steps)}
@@ -195,17 +195,3 @@ def channel_section(run: ReportRun, system, m: int, rounds: int) -> dict[str, An
     return compute_channel_table(report, rounds=rounds, latent_steps=m, n=len(examples), gold_note=gold_note)
 
 
-def _machine(threads: int) -> str:
-    """CPU model, cores, torch threads, GPU and torch version, for the page's header."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} cores ({threads} torch thread(s)){gpu}, torch {torch.__version__}"
