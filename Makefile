@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-patterns test bench paper clean
+.PHONY: install demo demo-patterns test bench report paper clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,10 @@ demo-patterns: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-paper: $(STAMP)
+report: $(STAMP)
 	$(VENV)/bin/recursivemas report
+
+paper: report
 
 bench: $(STAMP)
 	$(PY) bench/rollout.py
