@@ -262,3 +262,14 @@ def test_training_unroll_passes_the_latents_inference_passes(sequential_config, 
                     torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4)
                     compared += 1
     assert compared == 3 * (2 + 3 + 3)  # 3 rows: the planner's feedback in rounds 2-3, critic and solver in all 3
+
+
+def test_inputs_past_an_agents_positions_get_a_clear_error(sequential_config):
+    system = System.from_config(sequential_config)
+    limit = min(a.model.config.max_position_embeddings if hasattr(a.model.config, "max_position_embeddings")
+                else a.model.config.n_positions for a in system.agents.values())
+    long_question = "word " * (limit + 10)
+    with pytest.raises(ValueError, match=r"would need \d+ positions .* past its model's"):
+        system.run([long_question], mode="latent")
+    with pytest.raises(ValueError, match="past its model's"):
+        system.run([long_question], mode="single")

@@ -26,6 +26,24 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """The most positions ``model`` takes: its config's ``max_position_embeddings`` (``n_positions`` for GPT-2)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_room(name: str, model: nn.Module, used: int, more: int, what: str) -> None:
+    """Refuse a pass that would run past ``model``'s positions: ``used`` already taken, ``more`` to come."""
+    limit = position_limit(model)
+    if limit is not None and used + more > limit:
+        raise ValueError(f"agent {name!r} would need {used + more} positions ({used} for its prompt and slots, {more} for "
+                         f"{what}), past its model's {limit}; shorten the input or use fewer latent steps")
+
+
 def new_cache(model: nn.Module) -> DynamicCache:
     """An empty KV cache laid out for ``model`` (sliding-window layers included)."""
     return DynamicCache(config=model.config)

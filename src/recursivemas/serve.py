@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recursivemas.agent import Slot
+from recursivemas.kv import position_limit
 from recursivemas.system import MODES, Cancelled, RunResult, System
 
 # Standard OpenAI fields this server accepts only at their neutral value: anything else is a 400, never
@@ -321,16 +322,6 @@ def _settings(body: dict, system: System, limits: Limits) -> Settings:
     if user is not None and not isinstance(user, str):
         raise APIError(f"'user' must be a string (an end-user id), got {type(user).__name__}", "user")
     return Settings(mode, rounds, latent_steps, max_tokens or gen.max_new_tokens, temperature, top_p, seed)
-
-
-def position_limit(model: Any) -> int | None:
-    """The most positions ``model`` takes: its config's ``max_position_embeddings`` (``n_positions`` for GPT-2)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def fit_positions(system: System, questions: list[str], params: list[str], settings: Settings, explicit_max_tokens: bool) -> Settings:

@@ -19,6 +19,7 @@ from recursivemas.agent import Agent, as_fields, load_model_and_tokenizer
 from recursivemas.config import CONFIG_NAME, ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
 from recursivemas.generation import DecodeSession, decode_batch
 from recursivemas.graph import Graph, edge_name
+from recursivemas.kv import check_room, position_limit
 from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.prefix import PrefixStore, Tail
@@ -250,6 +251,7 @@ class System:
             return {name: torch.zeros(n, 0, self.agents[name].hidden_size) for name in names}
         start = time.perf_counter()
         tail = prefixes.inputs([self.agents[name] for name in names], fills)
+        check_room(names[0], model, _positions(tail), steps, f"{steps} latent thoughts")
         inner = [self.links.inner[name] for name in names]
         link = inner[0] if len(names) == 1 else (lambda h: torch.cat([fn(h[k * n : (k + 1) * n]) for k, fn in enumerate(inner)]))
         thoughts = latent_rollout(model, link, tail.embeds, tail.mask, steps=steps, past=tail.past)
@@ -269,6 +271,11 @@ class System:
         agent = self.agents[name]
         start = time.perf_counter()
         tail = prefixes.inputs([agent], {name: fills})
+        # the prompt must fit; an answer that would run past the model's positions stops there (docs/engine.md)
+        check_room(name, agent.model, _positions(tail), 1, "the first token it writes")
+        limit = position_limit(agent.model)
+        if limit is not None:
+            max_new = min(max_new, limit - _positions(tail))
         if action == "answer" and self.tool_loop is not None:
             return self._decode_with_tools(agent, tail, round_, max_new, usages, gen, generator, start, tool_log)
         ids, session = decode_batch(
@@ -328,6 +335,12 @@ class System:
     def __repr__(self) -> str:
         agents = ", ".join(repr(a) for a in self.agents.values())
         return f"System({self.config.name!r}, decoder={self.graph.decoder!r}, agents=[{agents}])"
+
+
+def _positions(tail: Tail) -> int:
+    """The most real positions any row of a pass starts from (its cached prefix and its own tokens; pads take none)."""
+    real = tail.mask.sum(-1) + (0 if tail.past is None else tail.past.mask.sum(-1))
+    return int(real.max())
 
 
 def _check_probe(probe: str, mode: str, gold, n: int) -> None:
