@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
         latent_steps: int = typer.Option(2, "--latent-steps", help="Rollout length m while training (the system file keeps its tuned m)."),
         rounds: int = typer.Option(1, "--rounds", help="Rounds unrolled while training (the system file keeps its tuned rounds)."),
         workers: int = typer.Option(2, "--workers", help="Systems trained at once, one process and one torch thread each."),
+        lr: float = typer.Option(1e-3, "--lr", help="Learning rate of both loops."),
         link_init: str = typer.Option("ridge", "--link-init", help="Outer links start as: ridge (least squares to the receiver's embedding "
                                       "of the sender's next token: a text hand-off in latent form) or random."),
         seed: int = typer.Option(0, "--seed"),
@@ -92,7 +93,7 @@ def register(app: typer.Typer) -> None:
         names = [n.strip() for n in system.split(",") if n.strip()]
         try:
             seconds = train_bundled(names, workers=workers, steps=steps, inner_steps=inner_steps, records=records, seed=seed,
-                                    latent_source=latent_source, latent_steps=latent_steps, rounds=rounds, link_init=link_init)
+                                    latent_source=latent_source, latent_steps=latent_steps, rounds=rounds, link_init=link_init, lr=lr)
         except FileNotFoundError as err:
             raise typer.BadParameter(str(err), param_hint="--system") from None
         for name, s in seconds.items():
