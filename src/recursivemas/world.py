@@ -1,20 +1,30 @@
-"""A procedural world of multi-step arithmetic word problems (the bundled default's task).
+"""A procedural world of multi-step arithmetic word problems with hidden facts (the bundled default's task).
 
 Every problem is a chain: a start quantity, then 2 to 5 operations on it (add, subtract,
 multiply by 2 or 3, divide by 2 or 3 when exact), told as a short story in one of three
 sub-domains (``money``, ``counting``, ``time``). Numbers stay small so that models of a
 few hundred thousand parameters can learn the task from scratch on a CPU in minutes.
 
+One operation of every problem names a fact the question does not state (docs/zoo.md#the-world):
+the price of an item (``He buys a kite.``), the contents of a coloured bag (``Ann empties the red bag
+into the box.``), the length of a stop (``The bus stops at the bakery.``). The world's facts are fixed
+(``FACTS``); an agent that memorised them (a planner, an expert) can tell, an agent that did not has to be
+told. ``facts="random"`` draws the same kind of problems with each named fact's value drawn at random per
+problem (the item is picked independently of its value): receivers pretrained on those learn to read the
+fact from their slot and cannot learn the world's table.
+
 Each record carries a target for every role a bundled system uses:
 
-- ``plan``: the problem decomposed into operations in words (planner).
-- ``refined_plan``: the same, ordered as explicit equations over named results (critic).
+- ``facts``: the hidden fact, value first (``7 dollars for the kite``): the compact hand-off every upstream role starts with.
+- ``plan``: the facts line, then the problem decomposed into operations in words (planner).
+- ``refined_plan``: the facts line, then explicit equations over named results (critic).
 - ``solution``: worked arithmetic, one equation a line, ending ``#### <n>`` (solver/learner).
-- ``expert``: a longer worked solution that names each step and its unit, ending ``#### <n>`` (distillation expert).
+- ``expert``: the facts line, then each step in words with its unit, no arithmetic (distillation expert: it
+  explains what happens; the learner computes).
 - ``answer``: the final number alone, as a string (what :func:`grade` compares against).
-- ``<domain>_notes`` for each of ``DOMAINS`` (mixture experts): the ``solution`` when the problem is in
-  that domain, else ``Not a <domain> problem.``; a domain expert solves its own domain and declines others.
-- ``program``: the chain as a short Python program (``x = 6`` / ``x = x // 2`` / ... / ``print(x)``).
+- ``<domain>_notes`` for each of ``DOMAINS`` (mixture experts): the facts line when the problem is in
+  that domain, else ``Not a <domain> problem.``; a domain expert knows its own domain's facts.
+- ``program``: the chain as a short Python program (``x = 6`` / ``x = x - 7`` / ... / ``print(x)``).
 - ``tool_call``: the deliberation tool-caller's transcript: ``<python>`` program ``</python>``, the
   ``<result>`` block the engine appends (exactly ``recursivemas.tools.loop.format_result``), ``#### <n>``.
 
@@ -79,6 +89,28 @@ _STORY: dict[str, dict[str, Any]] = {
         "div3": ("A plane cuts the time to one third.",),
     },
 }
+# The world's hidden facts: per domain, which operation a fact stands for, its sentence, and nine items
+# with the values 1..9 (a fixed permutation, so neighbouring items do not have neighbouring values).
+FACT_OP = {"money": "sub", "counting": "add", "time": "add"}
+_FACT_SENTENCE = {
+    "money": "{P} buys a {item}.",
+    "counting": "{n} empties the {item} bag into the box.",
+    "time": "The bus stops at the {item}.",
+}
+_FACT_LINE = {
+    "money": "{v} dollars for the {item}",
+    "counting": "{v} {thing} in the {item} bag",
+    "time": "{v} minutes at the {item}",
+}
+_FACT_NAME = {"money": "{item}", "counting": "{item} bag", "time": "stop at the {item}"}
+_FACT_ITEMS = {
+    "money": ("kite", "pen", "book", "cap", "mug", "ball", "lamp", "sock", "bell"),
+    "counting": ("red", "blue", "green", "pink", "gray", "gold", "white", "black", "brown"),
+    "time": ("bakery", "bank", "park", "zoo", "farm", "pier", "mall", "lake", "fort"),
+}
+_FACT_VALUES = (7, 2, 5, 4, 3, 6, 8, 1, 9)
+FACTS: dict[str, dict[str, int]] = {d: dict(zip(items, _FACT_VALUES)) for d, items in _FACT_ITEMS.items()}
+FACT_MODES = ("world", "random")
 _THINGS = ("apples", "balls", "cards", "pens", "shells", "stones")
 _PLAN_WORDS = {"add": "add {x}", "sub": "subtract {x}", "mul": "multiply by {x}", "div": "divide by {x}"}
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -110,6 +142,12 @@ def _draw_chain(rng: random.Random, steps: int, max_value: int, max_total: int) 
     return start, ops
 
 
+def _fact_position(rng: random.Random, domain: str, ops: Sequence[tuple[str, int]]) -> int | None:
+    """Which operation the hidden fact stands for: one of the domain's fact kind with an operand of 1..9."""
+    options = [i for i, (op, x) in enumerate(ops) if op == FACT_OP[domain] and x <= 9]
+    return rng.choice(options) if options else None
+
+
 def _signature(domain: str, start: int, ops: Sequence[tuple[str, int]]) -> str:
     return domain + ":" + str(start) + ":" + ",".join(f"{op}{x}" for op, x in ops)
 
@@ -120,47 +158,55 @@ def split_of(domain: str, start: int, ops: Sequence[tuple[str, int]]) -> str:
     return next(s for s, (lo, hi) in _SPLIT_BUCKETS.items() if lo <= bucket < hi)
 
 
-def _render(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str, int]], rid: str) -> dict[str, Any]:
+def _render(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str, int]], rid: str,
+            hidden: int, item: str) -> dict[str, Any]:
     story = _STORY[domain]
     name, pron, poss = rng.choice(_NAMES)
     thing = rng.choice(_THINGS)
     fill = {"n": name, "P": pron.capitalize(), "q": poss, "thing": thing}
     unit = story["unit"].format(**fill)
+    # The value comes first: the first latent step of a hand-off already carries it.
+    facts = _FACT_LINE[domain].format(v=ops[hidden][1], item=item, thing=thing)
 
     sentences = [story["start"].format(x=start, **fill)]
     plan = [f"start with {start}"]
-    refined, solution, expert = [], [], [f"Start: {start} {unit}."]
+    refined, solution, expert = [], [], [f"Start with {start} {unit}."]
     total = start
     for i, (op, x) in enumerate(ops):
         key = op if op in ("add", "sub") else f"{op}{x}"
         sentence = rng.choice(story[key]).format(x=x, **fill)
+        if i == hidden:  # the fact's value is not in the question: only its name
+            sentence = _FACT_SENTENCE[domain].format(item=item, **fill)
         sentences.append(sentence)
         plan.append(_PLAN_WORDS[op].format(x=x))
         prev = "%d" % start if i == 0 else _LETTERS[i - 1]
         refined.append(f"{_LETTERS[i]} = {prev} {_SYMBOL[op]} {x}")
         new = _apply(op, total, x)
         solution.append(f"{total} {_SYMBOL[op]} {x} = {new}")
-        expert.append(f"{_PLAN_WORDS[op].format(x=x).capitalize()}: {total} {_SYMBOL[op]} {x} = {new} {unit}.")
+        expert.append(f"Then {_PLAN_WORDS[op].format(x=x)}" + (f" {unit} for the {_FACT_NAME[domain].format(item=item)}." if i == hidden else "."))
         total = new
     sentences.append(story["ask"].format(**fill))
-    expert.append(f"The answer is {total}.")
     final = f"#### {total}"
     solution_text = "\n".join(solution) + "\n" + final
     return {
         "id": rid,
         "question": " ".join(sentences),
         "answer": str(total),
-        "plan": "; ".join(plan),
-        "refined_plan": "\n".join(refined) + f"\nanswer = {_LETTERS[len(ops) - 1]}",
+        "facts": facts,
+        # Upstream targets open with the facts line: a latent hand-off of a few steps carries it.
+        "plan": facts + "\n" + "; ".join(plan),
+        "refined_plan": facts + "\n" + "\n".join(refined) + f"\nanswer = {_LETTERS[len(ops) - 1]}",
         "solution": solution_text,
-        "expert": "\n".join(expert) + "\n" + final,
+        "expert": facts + "\n" + "\n".join(expert),
         "domain": domain,
         "steps": len(ops),
         "ops": [[op, x] for op, x in ops],
         "start": start,
+        "hidden": hidden,
+        "item": item,
         # Pattern targets below are pure functions of the fields above: no rng draws, so every
         # field above stays identical for a given seed.
-        **{f"{d}_notes": solution_text if d == domain else f"Not a {d} problem." for d in DOMAINS},
+        **{f"{d}_notes": facts if d == domain else f"Not a {d} problem." for d in DOMAINS},
         "program": (program := _program(start, ops)),
         "tool_call": f"<python>\n{program}\n</python>\n<result>\n{total}\n</result>\n{final}",
     }
@@ -176,19 +222,24 @@ def generate(
     n: int,
     seed: int = 0,
     *,
-    steps: int | tuple[int, int] = (2, 5),
-    max_value: int = 10,
-    max_total: int = 60,
+    steps: int | tuple[int, int] = (2, 3),
+    max_value: int = 9,
+    max_total: int = 30,
     domains: str | Iterable[str] = DOMAINS,
+    facts: str = "world",
 ) -> list[dict[str, Any]]:
     """`n` distinct problems of `split`, the same for the same arguments.
 
     Knobs: ``steps`` (an int, or an inclusive ``(lo, hi)`` range drawn uniformly per problem),
     ``max_value`` (largest start value and add/subtract operand), ``max_total`` (no running
-    total exceeds it), ``domains`` (one name or several from ``DOMAINS``, drawn uniformly).
+    total exceeds it), ``domains`` (one name or several from ``DOMAINS``, drawn uniformly),
+    ``facts`` (``world``: the hidden fact's item is the one whose value ``FACTS`` gives; ``random``:
+    any item, so the value cannot be looked up; for pretraining agents that must read it).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if facts not in FACT_MODES:
+        raise ValueError(f"unknown facts mode {facts!r}; choose one of {', '.join(FACT_MODES)}")
     lo, hi = (steps, steps) if isinstance(steps, int) else tuple(steps)
     if not 1 <= lo <= hi <= len(_LETTERS):
         raise ValueError(f"steps={steps!r} must lie within 1..{len(_LETTERS)} (the bundled world uses 2..5)")
@@ -199,6 +250,8 @@ def generate(
         if d not in DOMAINS:
             raise ValueError(f"unknown domain {d!r}; choose from {', '.join(DOMAINS)}")
     rng = random.Random(f"recursivemas-world:{split}:{seed}:{lo}-{hi}:{max_value}:{max_total}:{','.join(names)}")
+    # Random-mode items come from their own stream, so both modes draw the same chains and stories.
+    item_rng = random.Random(f"recursivemas-world-items:{split}:{seed}")
     seen: set[str] = set()
     records: list[dict[str, Any]] = []
     tries = 0
@@ -211,8 +264,14 @@ def generate(
         sig = _signature(domain, start, ops)
         if sig in seen or split_of(domain, start, ops) != split:
             continue
+        hidden = _fact_position(rng, domain, ops)
+        if hidden is None:  # every problem needs one fact the question only names
+            continue
         seen.add(sig)
-        records.append(_render(rng, domain, start, ops, f"{split}-{seed}-{len(records):06d}"))
+        x = ops[hidden][1]
+        item = (item_rng.choice(_FACT_ITEMS[domain]) if facts == "random"
+                else _FACT_ITEMS[domain][_FACT_VALUES.index(x)])
+        records.append(_render(rng, domain, start, ops, f"{split}-{seed}-{len(records):06d}", hidden, item))
     return records
 
 

@@ -23,23 +23,27 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recursivemas.world import DOMAINS, generate, write_jsonl
 from recursivemas.zoo.agents import AGENTS, TOKENIZERS, AgentSpec
-from recursivemas.zoo.pretrain import generate_texts, pretrain, role_accuracy
-from recursivemas.zoo.roles import BASE_ROLES, ROLES, render_prompt
+from recursivemas.zoo.pretrain import facts_accuracy, generate_texts, pretrain, role_accuracy
+from recursivemas.zoo.roles import ANSWER_ROLES, BASE_ROLES, ROLES, render_prompt
 from recursivemas.zoo.tokenizer import train_tokenizer
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo_models"  # where the bundled zoo ships
 REPORT = "zoo_report.json"
-# Training mix: short chains are over-represented because the bundled evaluation uses 2-3 steps.
-TRAIN_SHORT, TRAIN_LONG = 14000, 8000
+# Training mix: the world's default 2-3 step problems, plus some 4-step ones for robustness.
+TRAIN_SHORT, TRAIN_LONG = 16000, 4000
 EVAL_N = 200
 
 
 def world_data(seed: int) -> dict[str, list[dict[str, Any]]]:
-    """The records the zoo is trained and measured on (validation: 2-3 step problems)."""
-    return {
-        "train": generate("train", TRAIN_SHORT, seed, steps=(2, 3)) + generate("train", TRAIN_LONG, seed, steps=(4, 5)),
-        "validation": generate("validation", EVAL_N, seed, steps=(2, 3)),
-    }
+    """The records the zoo is trained and measured on (validation: the world's default 2-3 step problems).
+
+    ``train`` holds the world's facts (for the roles that know them), ``told`` the same kind of problems with
+    random facts (for the roles that must be told).
+    """
+    def train(facts: str) -> list[dict[str, Any]]:
+        return generate("train", TRAIN_SHORT, seed, facts=facts) + generate("train", TRAIN_LONG, seed, steps=4, facts=facts)
+
+    return {"train": train("world"), "told": train("random"), "validation": generate("validation", EVAL_N, seed)}
 
 
 def tokenizer_corpus(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -73,14 +77,42 @@ def load_agent(path: str | Path):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def evaluate_agent(model, tokenizer, records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Greedy accuracy playing each answer-writing role alone (slots empty) and with gold upstream text."""
-    return {
-        "solver_alone": role_accuracy(model, tokenizer, records, "solver"),
-        "solver_gold_plan": role_accuracy(model, tokenizer, records, "solver", gold=True),
-        "learner_alone": role_accuracy(model, tokenizer, records, "learner"),
-        "learner_gold_expert": role_accuracy(model, tokenizer, records, "learner", gold=True),
-    }
+def evaluate_agent(model, tokenizer, records: Sequence[dict[str, Any]], roles: Sequence[str] = ("solver",),
+                   seed: int = 0) -> dict[str, float]:
+    """Greedy accuracy of an agent in each of its roles on world validation problems.
+
+    Answer roles: graded answers with the slots empty (``alone``), holding the upstream gold text (``gold``) or only
+    its facts line (``facts``). Knowing roles: the share whose first line is the gold facts line (``facts``). The
+    critic: the share of exact equations with the gold plan in its slot. Domain experts: their domain's facts, and
+    the share of exact declines on other domains. The tool-caller: graded with and without the python tool.
+    """
+    from recursivemas.zoo.tooluse import tool_accuracy
+
+    out: dict[str, float] = {}
+    for k, role in enumerate(roles):
+        if role == "tool_caller":
+            out["tool_caller_alone_with_tool"] = tool_accuracy(model, tokenizer, records, use_tool=True)
+            out["tool_caller_gold_with_tool"] = tool_accuracy(model, tokenizer, records, use_tool=True, gold=True)
+            out["tool_caller_gold_no_tool"] = tool_accuracy(model, tokenizer, records, use_tool=False, gold=True)
+        elif role in ANSWER_ROLES and not ROLES[role].knows:
+            for fill in ("none", "gold", "facts") if k == 0 else ("gold",):  # all three for the main role
+                out[f"{role}_{'alone' if fill == 'none' else fill}"] = role_accuracy(model, tokenizer, records, role, fill)
+        elif role in DOMAINS:
+            own = generate("validation", EVAL_N, seed, domains=role)
+            out[f"{role}_own_facts"] = facts_accuracy(model, tokenizer, own, role)
+            other = [r for r in records if r["domain"] != role][:60]
+            texts = generate_texts(model, tokenizer, [render_prompt(tokenizer, ROLES[role], r) for r in other], 24)
+            out[f"{role}_declines_other"] = sum(t.strip() == r[f"{role}_notes"] for t, r in zip(texts, other)) / len(other)
+        elif role == "critic":
+            texts = generate_texts(model, tokenizer, [render_prompt(tokenizer, ROLES[role], r, ROLES[role].gold_fill(r)) for r in records], 64)
+            out["critic_gold_exact"] = sum(t.strip() == r["refined_plan"] for t, r in zip(texts, records)) / len(records)
+            texts = generate_texts(model, tokenizer, [render_prompt(tokenizer, ROLES[role], r, ROLES[role].facts_fill(r)) for r in records], 64)
+            out["critic_facts_exact"] = sum(t.strip() == r["refined_plan"] for t, r in zip(texts, records)) / len(records)
+        else:  # a knowing role: does it state the world's fact?
+            out[f"{role}_facts"] = facts_accuracy(model, tokenizer, records, role)
+            if role in ANSWER_ROLES:
+                out[f"{role}_alone"] = role_accuracy(model, tokenizer, records, role, max_new_tokens=96)
+    return out
 
 
 def train_records(spec: AgentSpec, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,29 +123,6 @@ def train_records(spec: AgentSpec, records: Sequence[dict[str, Any]]) -> list[di
     other = [r for r in records if r["domain"] != spec.domain]
     n_other = round(len(own) * spec.off_domain_share / (1 - spec.off_domain_share))
     return own + other[:n_other]
-
-
-def evaluate_specialist(spec: AgentSpec, model, tokenizer, seed: int) -> dict[str, float]:
-    """Greedy accuracy of a role specialist in its own roles (validation problems of 2-3 steps)."""
-    from recursivemas.zoo.tooluse import tool_accuracy
-
-    records = generate("validation", EVAL_N, seed, steps=(2, 3))
-    out: dict[str, float] = {}
-    for role in spec.roles or {}:
-        if role in DOMAINS:  # solve its own domain; decline the others (never claim an answer there)
-            own = generate("validation", EVAL_N, seed, steps=(2, 3), domains=role)
-            out[f"{role}_own_domain"] = role_accuracy(model, tokenizer, own, role)
-            other = [r for r in records if r["domain"] != role][:60]
-            texts = generate_texts(model, tokenizer, [render_prompt(tokenizer, ROLES[role], r) for r in other], 24)
-            out[f"{role}_declines_other"] = sum(t.strip() == r[f"{role}_notes"] for t, r in zip(texts, other)) / len(other)
-        elif role == "tool_caller":
-            out["tool_caller_with_tool"] = tool_accuracy(model, tokenizer, records, use_tool=True)
-            out["tool_caller_no_tool"] = tool_accuracy(model, tokenizer, records, use_tool=False)
-            out["tool_caller_gold_plan_with_tool"] = tool_accuracy(model, tokenizer, records, use_tool=True, gold=True)
-        else:
-            out[f"{role}_alone"] = role_accuracy(model, tokenizer, records, role)
-            out[f"{role}_gold"] = role_accuracy(model, tokenizer, records, role, gold=True)
-    return out
 
 
 def build_agent(name: str, out_dir: str, tokenizer_dir: str, seed: int, steps_scale: float, threads: int) -> dict[str, Any]:
@@ -131,12 +140,13 @@ def build_agent(name: str, out_dir: str, tokenizer_dir: str, seed: int, steps_sc
     model.generation_config.bos_token_id = None
     steps = max(1, round(spec.steps * steps_scale))
     stats = pretrain(model, tokenizer, train_records(spec, data["train"]), steps, batch_size=spec.batch_size, lr=spec.lr,
-                     seed=seed, log=lambda s: print(f"[{name}] {s}", flush=True), role_weights=spec.roles, drill_weight=spec.drill)
+                     seed=seed, log=lambda s: print(f"[{name}] {s}", flush=True), role_weights=spec.roles, drill_weight=spec.drill,
+                     told_records=train_records(spec, data["told"]))
     save_agent(model, tokenizer, Path(out_dir) / name)
     model, tok = load_agent(Path(out_dir) / name)  # measure what ships (fp16 weights)
     if len(tok) != len(tokenizer):  # e.g. a family whose AutoTokenizer class re-wraps the tokenizer
         raise RuntimeError(f"{name}: the saved tokenizer loads with {len(tok)} tokens, not {len(tokenizer)}; pick another family")
-    acc = evaluate_agent(model, tok, data["validation"]) if spec.roles is None else evaluate_specialist(spec, model, tok, seed // 1000)
+    acc = evaluate_agent(model, tok, data["validation"], list(spec.roles or BASE_ROLES), seed // 1000)
     entry = {
         "family": spec.family, "layers": spec.num_layers, "hidden_size": spec.hidden_size, "tokenizer": spec.tokenizer,
         "vocab_size": len(tok), "chat_format": TOKENIZERS[spec.tokenizer][1], "params": sum(p.numel() for p in model.parameters()),
@@ -145,8 +155,7 @@ def build_agent(name: str, out_dir: str, tokenizer_dir: str, seed: int, steps_sc
         "train_cpu_seconds": round(stats["cpu_seconds"], 1), "seconds": round(time.perf_counter() - t0, 1),
         "accuracy": {k: round(v, 3) for k, v in acc.items()},
     }
-    if spec.roles is not None:
-        entry["roles"] = sorted(spec.roles)
+    entry["roles"] = sorted(spec.roles or BASE_ROLES)
     print(f"[{name}] done in {entry['seconds']:.0f}s: {json.dumps(entry['accuracy'])}", flush=True)
     return entry
 
@@ -235,33 +244,22 @@ def _shipped_tokenizer(out_dir: Path, tname: str, skip: Sequence[str]) -> Path |
 
 def report_markdown(report: dict[str, Any]) -> str:
     """The agents table of docs/zoo.md from a ``zoo_report.json`` (``recursivemas zoo table``)."""
-    rows = [
-        "| agent | family | layers | hidden | params | tokenizer (vocab, chat format) | on disk | steps | train CPU s "
-        "| solver alone | solver + gold plan | learner alone | learner + gold expert |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    base = {n: a for n, a in report["agents"].items() if "roles" not in a}
-    special = {n: a for n, a in report["agents"].items() if "roles" in a}
-    for name, a in base.items():
-        acc = a["accuracy"]
+    rows = ["| agent | family | layers | hidden | params | tokenizer (vocab, chat format) | on disk | steps | train CPU s "
+            "| roles | accuracy (validation) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a in report["agents"].items():
+        acc = ", ".join(f"{k} {v:.1%}" for k, v in a["accuracy"].items())
         rows.append(
             f"| {name} | {a['family']} | {a['layers']} | {a['hidden_size']} | {a['params'] / 1e6:.2f}M "
             f"| {a['tokenizer']} ({a['vocab_size']}, {a['chat_format']}) | {a['bytes'] / 1e6:.2f} MB | {a['train_steps']} "
-            f"| {a['train_cpu_seconds']:.0f} | {acc['solver_alone']:.1%} | {acc['solver_gold_plan']:.1%} "
-            f"| {acc['learner_alone']:.1%} | {acc['learner_gold_expert']:.1%} |"
+            f"| {a['train_cpu_seconds']:.0f} | {', '.join(a.get('roles', []))} | {acc} |"
         )
-    if special:
-        rows += ["", "| agent | family | layers | hidden | params | tokenizer (vocab, chat format) | on disk | steps | train CPU s "
-                 "| roles | accuracy (own roles) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name, a in special.items():
-            acc = ", ".join(f"{k} {v:.1%}" for k, v in a["accuracy"].items())
-            rows.append(
-                f"| {name} | {a['family']} | {a['layers']} | {a['hidden_size']} | {a['params'] / 1e6:.2f}M "
-                f"| {a['tokenizer']} ({a['vocab_size']}, {a['chat_format']}) | {a['bytes'] / 1e6:.2f} MB | {a['train_steps']} "
-                f"| {a['train_cpu_seconds']:.0f} | {', '.join(a['roles'])} | {acc} |"
-            )
-    rows.append(f"\nTotal on disk: {report['total_bytes'] / 1e6:.2f} MB. Build wall time: {report['build_seconds']:.0f} s "
+    wall = f"{report['build_seconds']:.0f} s" if report.get("build_seconds") else "see pieces"
+    rows.append(f"\nTotal on disk: {report['total_bytes'] / 1e6:.2f} MB. Build wall time: {wall} "
                 f"({report['workers']} worker processes, {report['machine']}).")
+    for name, piece in report.get("pieces", {}).items():
+        rows.append(f"Built alone: {name} in {piece['build_seconds']:.0f} s wall.")
+    if report.get("note"):
+        rows.append(report["note"] + ".")
     for b in report.get("partial_builds", []):
         rows.append(f"Added later: {', '.join(b['agents'])} in {b['build_seconds']:.0f} s wall ({b['workers']} worker(s)).")
     return "\n".join(rows)

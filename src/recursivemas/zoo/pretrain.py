@@ -1,8 +1,13 @@
 """Causal-LM pretraining of one zoo agent from scratch on role-formatted world text, and its evaluation.
 
 Most training examples are one record played in one role: the role's prompt rendered with the
-agent's own chat template, its slots either empty (the agent alone, or round 1) or filled with
-the upstream role's gold text (text mode), followed by the role's target and eos. The loss is
+agent's own chat template, its slots filled, followed by the role's target and eos. A role that
+knows the world's facts trains on world problems with its (feedback) slots empty or gold, half and
+half; a role that must be told trains on ``facts="random"`` problems (the named fact's value drawn at
+random, so the world's table cannot be learned) with its slots always holding the upstream gold
+text, whole (half), cut to its facts line (30%) or to the fact's value alone (20%; the shapes a few
+latent steps carry): alone,
+with its slots empty, it can only guess the fact (docs/zoo.md#pretraining). The loss is
 next-token cross-entropy over the whole sequence, with prompt tokens down-weighted so capacity
 goes to the targets.
 
@@ -32,11 +37,12 @@ DRILL_WEIGHT = 1.0  # drill documents, on the same scale as ROLE_WEIGHTS
 DRILL_LINES = 16
 PROMPT_LOSS_WEIGHT = 0.25
 GOLD_FILL_P = 0.5  # share of examples whose slots hold the upstream role's gold text
+FACTS_LINE_P = 0.8  # receivers: slots cut to the facts line below this draw, to its first word (the value) above it
 BUCKET_BATCHES = 16  # batches drawn at once and sorted by length
 
 
-def _encode_example(tokenizer, role: Role, record: dict[str, Any], gold: bool) -> tuple[list[int], int]:
-    prompt, target = training_text(tokenizer, role, record, role.gold_fill(record) if gold else None)
+def _encode_example(tokenizer, role: Role, record: dict[str, Any], fill: dict[str, str] | None) -> tuple[list[int], int]:
+    prompt, target = training_text(tokenizer, role, record, fill)
     p = tokenizer(prompt, add_special_tokens=False).input_ids
     t = tokenizer(target, add_special_tokens=False).input_ids
     return p + t, len(p)
@@ -53,12 +59,20 @@ def _drill_example(tokenizer, records: Sequence[dict[str, Any]], rng: random.Ran
 def _draw_example(
     tokenizer, records: Sequence[dict[str, Any]], rng: random.Random,
     role_weights: dict[str, float] = ROLE_WEIGHTS, drill_weight: float = DRILL_WEIGHT,
+    told_records: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[int], int]:
     names = [*role_weights, "drill"]
     name = rng.choices(names, [*role_weights.values(), drill_weight])[0]
     if name == "drill":
         return _drill_example(tokenizer, records, rng)
-    return _encode_example(tokenizer, ROLES[name], rng.choice(records), rng.random() < GOLD_FILL_P)
+    role = ROLES[name]
+    if role.knows:
+        record = rng.choice(records)
+        return _encode_example(tokenizer, role, record, role.gold_fill(record) if rng.random() < GOLD_FILL_P else None)
+    record = rng.choice(told_records or records)
+    u = rng.random()
+    fill = role.gold_fill(record) if u < GOLD_FILL_P else role.facts_fill(record, None if u < FACTS_LINE_P else 1)
+    return _encode_example(tokenizer, role, record, fill)
 
 
 def make_batch(examples: Sequence[tuple[list[int], int]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +104,12 @@ def pretrain(
     callback_every: int = 0,
     role_weights: dict[str, float] | None = None,
     drill_weight: float = DRILL_WEIGHT,
+    told_records: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place for `steps` AdamW steps; returns the final loss and times.
 
-    ``role_weights`` (role -> draw weight, default ``ROLE_WEIGHTS``) and ``drill_weight`` set the mix.
+    ``role_weights`` (role -> draw weight, default ``ROLE_WEIGHTS``) and ``drill_weight`` set the mix;
+    roles that do not know the world's facts draw from ``told_records`` (``facts="random"`` problems).
 
     ``callback(step)`` runs every ``callback_every`` steps (e.g. an evaluation; put the model in
     eval mode and back to train mode inside it).
@@ -112,7 +128,7 @@ def pretrain(
     queue: list[list[tuple[list[int], int]]] = []
     for step in range(steps):
         if not queue:  # draw a pool, sort it by length and cut it into batches: little padding
-            pool = [_draw_example(tokenizer, records, rng, role_weights or ROLE_WEIGHTS, drill_weight)
+            pool = [_draw_example(tokenizer, records, rng, role_weights or ROLE_WEIGHTS, drill_weight, told_records)
                     for _ in range(batch_size * BUCKET_BATCHES)]
             pool.sort(key=lambda e: len(e[0]))
             queue = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
@@ -161,11 +177,26 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     return outs
 
 
-def role_accuracy(
-    model, tokenizer, records: Sequence[dict[str, Any]], role: str = "solver", gold: bool = False, max_new_tokens: int = 64
-) -> float:
-    """Share of `records` the agent answers right playing `role` alone (slots empty) or with gold upstream text."""
+def role_outputs(model, tokenizer, records: Sequence[dict[str, Any]], role: str, fill: str = "none",
+                 max_new_tokens: int = 64) -> list[str]:
+    """Greedy outputs playing `role` with its slots empty (``none``), gold (``gold``) or cut to the facts line (``facts``)."""
     r = ROLES[role]
-    prompts = [render_prompt(tokenizer, r, rec, r.gold_fill(rec) if gold else None) for rec in records]
-    preds = generate_texts(model, tokenizer, prompts, max_new_tokens)
+    fills = {"none": lambda rec: None, "gold": r.gold_fill, "facts": r.facts_fill}[fill]
+    return generate_texts(model, tokenizer, [render_prompt(tokenizer, r, rec, fills(rec)) for rec in records], max_new_tokens)
+
+
+def role_accuracy(
+    model, tokenizer, records: Sequence[dict[str, Any]], role: str = "solver", gold: bool | str = False, max_new_tokens: int = 64
+) -> float:
+    """Share of `records` the agent answers right playing `role` alone (slots empty), with gold upstream text
+    (``gold=True`` or ``"gold"``) or with only the facts line of it (``"facts"``)."""
+    fill = gold if isinstance(gold, str) else ("gold" if gold else "none")
+    preds = role_outputs(model, tokenizer, records, role, fill, max_new_tokens)
     return sum(grade(p, rec["answer"]) for p, rec in zip(preds, records)) / max(1, len(records))
+
+
+def facts_accuracy(model, tokenizer, records: Sequence[dict[str, Any]], role: str, fill: str = "none") -> float:
+    """Share of `records` whose output opens with the record's gold first line (a knowing role's facts, or a decline)."""
+    target = ROLES[role].target
+    preds = role_outputs(model, tokenizer, records, role, fill, 16)
+    return sum(p.strip().split("\n", 1)[0].strip() == rec[target].split("\n", 1)[0] for p, rec in zip(preds, records)) / max(1, len(records))

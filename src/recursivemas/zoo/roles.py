@@ -6,6 +6,10 @@ inference the text it was trained on. A prompt holds ``{question}`` and slot mar
 ``<<PLAN>>``; the engine fills a marker with the upstream agent's text (text mode), with
 latent vectors (latent mode) or with nothing (no input yet, or a single agent alone).
 
+Roles that *know* (planner, expert, the domain experts, the reflector) learn the world's hidden facts
+(``recursivemas.world.FACTS``) and open their message with them; the other roles never see the world's
+table (they are pretrained on ``facts="random"`` problems) and must read the facts from their slots.
+
 Each marker sits alone on its line, so tokenizing the prompt whole or in pieces split at the
 markers gives the same tokens (the zoo tokenizers never merge across a newline).
 """
@@ -30,6 +34,7 @@ class Role:
     prompt: str
     target: str  # the world record field this role writes
     slots: dict[str, str] = field(default_factory=dict)  # slot -> record field with the upstream role's gold text
+    knows: bool = False  # pretrained on the world's facts (True) or on random ones it must read from its slots (False)
 
     def user_prompt(self, record: dict[str, Any], fill: dict[str, str] | None = None) -> str:
         """The user message for `record`, each slot replaced by ``fill[slot]`` (missing slots: empty)."""
@@ -40,6 +45,12 @@ class Role:
     def gold_fill(self, record: dict[str, Any]) -> dict[str, str]:
         """Every slot filled with the gold text of the role upstream of it (how text mode looks when all goes well)."""
         return {slot: record[src] for slot, src in self.slots.items()}
+
+    def facts_fill(self, record: dict[str, Any], words: int | None = None) -> dict[str, str]:
+        """Every slot holding only the first line of the upstream gold text (the facts), or its first ``words`` words:
+        what a few latent steps carry."""
+        cut = {slot: record[src].split("\n", 1)[0] for slot, src in self.slots.items()}
+        return cut if words is None else {slot: " ".join(text.split()[:words]) for slot, text in cut.items()}
 
     def messages(self, record: dict[str, Any], fill: dict[str, str] | None = None) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.user_prompt(record, fill)}]
@@ -54,6 +65,7 @@ ROLES: dict[str, Role] = {
             "Question: {question}\nLast answer:\n<<FEEDBACK>>\nPlan:",
             target="plan",
             slots={"FEEDBACK": "solution"},
+            knows=True,
         ),
         Role(
             "critic",
@@ -75,6 +87,7 @@ ROLES: dict[str, Role] = {
             "Question: {question}\nStudent answer:\n<<FEEDBACK>>\nExplanation:",
             target="expert",
             slots={"FEEDBACK": "solution"},
+            knows=True,
         ),
         Role(
             "learner",
@@ -84,7 +97,7 @@ ROLES: dict[str, Role] = {
             slots={"EXPERT": "expert"},
         ),
         # Mixture: one expert per world domain (agent names = domains, so the pattern's slots are
-        # MONEY, COUNTING, TIME); each solves its own domain and declines the others.
+        # MONEY, COUNTING, TIME); each knows its own domain's facts and declines the others.
         *(
             Role(
                 domain,
@@ -92,14 +105,14 @@ ROLES: dict[str, Role] = {
                 "Question: {question}\nLast summary:\n<<FEEDBACK>>\nNotes:",
                 target=f"{domain}_notes",
                 slots={"FEEDBACK": "solution"},
+                knows=True,
             )
             for domain in DOMAINS
         ),
-        # The summarizer is the learner role with its slot line split into one line per expert: the
-        # zoo's Llama plays it on its pretraining text (empty slot lines measured to change nothing alone).
+        # The summarizer reads one slot line per expert: the expert of the problem's domain gives the fact.
         Role(
             "summarizer",
-            "You are the learner. Work it out.",
+            "You are the summarizer. Work it out.",
             "Question: {question}\nExpert notes:\n<<MONEY>>\n<<COUNTING>>\n<<TIME>>\nSolution:",
             target="solution",
             slots={d.upper(): f"{d}_notes" for d in DOMAINS},
@@ -112,6 +125,7 @@ ROLES: dict[str, Role] = {
             "Question: {question}\nLast answer:\n<<FEEDBACK>>\nPlan:",
             target="plan",
             slots={"FEEDBACK": "tool_call"},
+            knows=True,
         ),
         Role(
             "tool_caller",
@@ -123,8 +137,7 @@ ROLES: dict[str, Role] = {
     )
 }
 
-# The roles the first three zoo agents were pretrained on; the tokenizers are trained on their text only,
-# so adding roles never changes a rebuilt tokenizer.
+# The roles whose text the tokenizers are trained on (fixed, so adding roles never changes a rebuilt tokenizer).
 BASE_ROLES = ("planner", "critic", "solver", "expert", "learner")
 # Which role each agent of a bundled pattern plays (the YAML files use the same names).
 PATTERN_ROLES = {
@@ -134,7 +147,7 @@ PATTERN_ROLES = {
     "deliberation": ("reflector", "tool_caller"),
 }
 # The roles that write a final answer ending in ``#### n`` when run alone.
-ANSWER_ROLES = ("solver", "learner", "expert", "summarizer", "tool_caller")
+ANSWER_ROLES = ("solver", "learner", "summarizer", "tool_caller")
 
 
 def render_prompt(tokenizer, role: Role, record: dict[str, Any], fill: dict[str, str] | None = None) -> str:
