@@ -14,14 +14,14 @@ import torch
 import yaml
 
 from recursivemas import System
-from recursivemas.bundle import BUNDLED, bundled_config, links_path
+from recursivemas.bundled import BUNDLED, bundled_config, links_path
 from recursivemas.tools.loop import format_result
-from recursivemas.world import DOMAINS, generate
-from recursivemas.zoo.agents import AGENTS, BUNDLED_ROLES
-from recursivemas.zoo.build import ZOO_DIR, load_agent
-from recursivemas.zoo.pretrain import facts_accuracy, generate_texts
-from recursivemas.zoo.roles import ROLES, render_prompt
-from recursivemas.zoo.tooluse import tool_accuracy
+from recursivemas.bundled.world import DOMAINS, generate
+from recursivemas.bundled.zoo.agents import AGENTS, BUNDLED_ROLES
+from recursivemas.bundled.zoo.build import ZOO_DIR, load_agent
+from recursivemas.bundled.zoo.pretrain import facts_accuracy, generate_texts
+from recursivemas.bundled.zoo.roles import ROLES, render_prompt
+from recursivemas.bundled.zoo.tooluse import tool_accuracy
 
 NEW = ("mixture", "deliberation")
 shipped = all(links_path(n).is_file() for n in NEW) and all(
@@ -103,7 +103,7 @@ def test_tool_caller_runs_python_in_the_sandbox_and_reads_the_result(systems) ->
 
 
 def test_the_tool_helps_the_tool_caller(systems) -> None:
-    from recursivemas.world import grade
+    from recursivemas.bundled.world import grade
 
     records = generate("validation", 16, seed=0)
     questions = [r["question"] for r in records]

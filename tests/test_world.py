@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from recursivemas.world import DOMAINS, FACT_OP, FACTS, extract_answer, generate, grade, read_jsonl, split_of, write_jsonl
+from recursivemas.bundled.world import DOMAINS, FACT_OP, FACTS, extract_answer, generate, grade, read_jsonl, split_of, write_jsonl
 
 FIELDS = {"id", "question", "answer", "facts", "plan", "refined_plan", "solution", "expert", "domain", "steps", "hidden", "item"}
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from recursivemas.world import generate
-from recursivemas.zoo.agents import AGENTS, BASE_AGENTS, BUNDLED_ROLES
-from recursivemas.zoo.build import REPORT, ZOO_DIR, dir_size, load_agent, tokenizer_corpus
-from recursivemas.zoo.pretrain import facts_accuracy, generate_texts, make_batch, role_accuracy
-from recursivemas.zoo.roles import ROLES, SLOT_RE, render_prompt
-from recursivemas.zoo.tokenizer import train_tokenizer
+from recursivemas.bundled.world import generate
+from recursivemas.bundled.zoo.agents import AGENTS, BASE_AGENTS, BUNDLED_ROLES
+from recursivemas.bundled.zoo.build import REPORT, ZOO_DIR, dir_size, load_agent, tokenizer_corpus
+from recursivemas.bundled.zoo.pretrain import facts_accuracy, generate_texts, make_batch, role_accuracy
+from recursivemas.bundled.zoo.roles import ROLES, SLOT_RE, render_prompt
+from recursivemas.bundled.zoo.tokenizer import train_tokenizer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "src" / "recursivemas" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "recursivemas" / "bundled" / "configs"
 # Regression guards for the shipped weights on the first N validation problems (seed 0), a margin from what
 # they scored when shipped (docs/zoo.md gives the 200-problem values): the solver must solve with the gold
 # equations in its slot and must NOT solve alone (it never saw the world's facts); the planner must state the
@@ -151,7 +151,7 @@ MIN_CHANNEL_GAIN = {"sequential": 0.25, "distillation": 0.25}
 
 
 def _latent_accuracy(system, records, shuffle: bool) -> float:
-    from recursivemas.world import grade
+    from recursivemas.bundled.world import grade
 
     n = len(records)
     perm = [(i + 1) % n for i in range(n)]  # a derangement: no question keeps its own latents

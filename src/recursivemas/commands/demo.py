@@ -34,7 +34,7 @@ def demo(
 
     torch.set_num_threads(threads)
     from recursivemas import System
-    from recursivemas.bundle import bundled_config
+    from recursivemas.bundled import bundled_config
     from recursivemas.eval.harness import evaluate, parse_list
     from recursivemas.eval.report import compare_to_text, summarize, write_report
 

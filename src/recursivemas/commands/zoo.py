@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         """Rebuild the zoo: world data, tokenizers, pretraining, evaluation, zoo_report.json."""
         from transformers.utils import logging as hf_logging
 
-        from recursivemas.zoo.build import ZOO_DIR, build
+        from recursivemas.bundled.zoo.build import ZOO_DIR, build
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -43,10 +43,10 @@ def register(app: typer.Typer) -> None:
         """Greedy accuracy of each zoo agent in its roles (docs/zoo.md): alone, with gold upstream text, with its facts."""
         import torch
 
-        from recursivemas.world import generate
-        from recursivemas.zoo.agents import AGENTS
-        from recursivemas.zoo.build import ZOO_DIR, evaluate_agent, load_agent
-        from recursivemas.zoo.roles import BASE_ROLES
+        from recursivemas.bundled.world import generate
+        from recursivemas.bundled.zoo.agents import AGENTS
+        from recursivemas.bundled.zoo.build import ZOO_DIR, evaluate_agent, load_agent
+        from recursivemas.bundled.zoo.roles import BASE_ROLES
 
         torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a shared CPU
         root = path or ZOO_DIR
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
     @zoo.command("table")
     def table_cmd(path: Optional[Path] = typer.Option(None, "--path", help="Zoo folder (default: the package's zoo_models/).")) -> None:
         """Print the agents table of docs/zoo.md from the zoo's zoo_report.json."""
-        from recursivemas.zoo.build import REPORT, ZOO_DIR, report_markdown
+        from recursivemas.bundled.zoo.build import REPORT, ZOO_DIR, report_markdown
 
         file = (path or ZOO_DIR) / REPORT
         if not file.is_file():
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Train bundled systems' links on the world's train split and ship them beside their system files."""
-        from recursivemas.bundle import train_bundled
+        from recursivemas.bundled import train_bundled
 
         names = [n.strip() for n in system.split(",") if n.strip()]
         try:

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recursivemas.world import DOMAINS, generate, write_jsonl
-from recursivemas.zoo.agents import AGENTS, TOKENIZERS, AgentSpec
-from recursivemas.zoo.pretrain import facts_accuracy, generate_texts, pretrain, role_accuracy
-from recursivemas.zoo.roles import ANSWER_ROLES, BASE_ROLES, ROLES, render_prompt
-from recursivemas.zoo.tokenizer import train_tokenizer
+from recursivemas.bundled.world import DOMAINS, generate, write_jsonl
+from recursivemas.bundled.zoo.agents import AGENTS, TOKENIZERS, AgentSpec
+from recursivemas.bundled.zoo.pretrain import facts_accuracy, generate_texts, pretrain, role_accuracy
+from recursivemas.bundled.zoo.roles import ANSWER_ROLES, BASE_ROLES, ROLES, render_prompt
+from recursivemas.bundled.zoo.tokenizer import train_tokenizer
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo_models"  # where the bundled zoo ships
 REPORT = "zoo_report.json"
@@ -86,7 +86,7 @@ def evaluate_agent(model, tokenizer, records: Sequence[dict[str, Any]], roles: S
     critic: the share of exact equations with the gold plan in its slot. Domain experts: their domain's facts, and
     the share of exact declines on other domains. The tool-caller: graded with and without the python tool.
     """
-    from recursivemas.zoo.tooluse import tool_accuracy
+    from recursivemas.bundled.zoo.tooluse import tool_accuracy
 
     out: dict[str, float] = {}
     for k, role in enumerate(roles):

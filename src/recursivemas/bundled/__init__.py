@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# One bundled system per pattern of docs/method.md#patterns (agents: recursivemas.zoo.agents.BUNDLED_ROLES).
+# One bundled system per pattern of docs/method.md#patterns (agents: recursivemas.bundled.zoo.agents.BUNDLED_ROLES).
 BUNDLED = ("sequential", "distillation", "mixture", "deliberation")
 
 
@@ -42,7 +42,7 @@ def train_bundled_links(name: str, *, steps: int = 150, inner_steps: int = 100, 
     """
     from recursivemas import System
     from recursivemas.train import TrainConfig, train
-    from recursivemas.world import generate
+    from recursivemas.bundled.world import generate
 
     path = bundled_config(name)
     data = yaml.safe_load(path.read_text())

@@ -7,7 +7,7 @@ inference the text it was trained on. A prompt holds ``{question}`` and slot mar
 latent vectors (latent mode) or with nothing (no input yet, or a single agent alone).
 
 Roles that *know* (planner, expert, the domain experts, the reflector) learn the world's hidden facts
-(``recursivemas.world.FACTS``) and open their message with them; the other roles never see the world's
+(``recursivemas.bundled.world.FACTS``) and open their message with them; the other roles never see the world's
 table (they are pretrained on ``facts="random"`` problems) and must read the facts from their slots.
 
 Each marker sits alone on its line, so tokenizing the prompt whole or in pieces split at the
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from recursivemas.world import DOMAINS
+from recursivemas.bundled.world import DOMAINS
 
 SLOT_RE = re.compile(r"<<([A-Za-z][A-Za-z0-9_]*)>>")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from recursivemas.tools.loop import ToolLoop
 from recursivemas.tools.python_tool import PythonTool
-from recursivemas.world import grade
-from recursivemas.zoo.pretrain import generate_texts
-from recursivemas.zoo.roles import ROLES, render_prompt
+from recursivemas.bundled.world import grade
+from recursivemas.bundled.zoo.pretrain import generate_texts
+from recursivemas.bundled.zoo.roles import ROLES, render_prompt
 
 CLOSE = "</python>"
 

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recursivemas.world import grade
-from recursivemas.zoo.roles import ROLES, Role, render_prompt, training_text
+from recursivemas.bundled.world import grade
+from recursivemas.bundled.zoo.roles import ROLES, Role, render_prompt, training_text
 
 # How often each role is drawn; the answer-writing roles get most of the budget.
 ROLE_WEIGHTS = {"planner": 1.0, "critic": 1.0, "solver": 2.5, "expert": 0.75, "learner": 1.0}
