@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from recursivemas.config import AgentConfig, ConfigError
+from recursivemas.gguf import is_gguf, local_model_dir
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # A role prompt is split at slot markers and at the question placeholder.
@@ -29,8 +30,10 @@ def _looks_local(path: str) -> bool:
 
 
 def load_model_and_tokenizer(config: AgentConfig, model_path: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Load a frozen causal LM and its tokenizer from a local directory or a hub id."""
-    if not Path(model_path).is_dir() and _looks_local(model_path):
+    """Load a frozen causal LM and its tokenizer from a local directory, a hub id or a GGUF file (``recursivemas.gguf``)."""
+    if is_gguf(model_path, config.gguf_file):  # converted once to a cached Hugging Face directory
+        model_path = local_model_dir(model_path, config.gguf_file)
+    elif not Path(model_path).is_dir() and _looks_local(model_path):
         raise ConfigError(f"model path {model_path!r} does not exist; point 'model' at a local model directory or a hub id like 'org/name'")
     kwargs = dict(trust_remote_code=config.trust_remote_code, revision=config.revision)
     try:

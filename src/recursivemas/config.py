@@ -41,7 +41,7 @@ def _from_dict(cls, section: str, data: dict | None, required: tuple[str, ...] =
 
 @dataclass
 class AgentConfig:
-    model: str
+    model: str  # a model directory, hub id, .gguf file or pkg: file (docs/real_models.md)
     prompt: str
     system_prompt: str = ""
     dtype: str = "float32"
@@ -50,6 +50,7 @@ class AgentConfig:
     revision: str | None = None
     chat_template: str | None = None  # overrides the tokenizer's template
     target: str | None = None  # training-data field this role learns to produce
+    gguf_file: str | None = None  # a .gguf file inside the 'model' directory
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
