@@ -19,12 +19,17 @@ def test_demo_short_run_table_and_latent_talkers(tmp_path):
     assert out.exit_code == 0, out.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     groups = {(g["mode"], g["rounds"]) for g in summary["groups"]}
-    assert groups == {("single", 1), ("text", 1), ("text", 2), ("latent", 1), ("latent", 2)}
+    arms = {("single", 1), ("text", 1), ("text", 2), ("latent", 1), ("latent", 2)}
+    probes = {("latent/shuffle", 1), ("latent/shuffle", 2), ("latent/zero", 1), ("latent/zero", 2), ("text/shuffle", 2), ("text/gold", 1)}
+    assert groups == arms | probes
+    # the first table puts every latent accuracy beside its channel test
+    head = out.output.split("Every configuration")[0]
+    assert "Accuracy beside its channel test" in head and "channel gain" in head and "Ceiling" in head
     for column in ("accuracy", "generated_tokens"):
         assert all(column in g for g in summary["groups"]), summary["groups"][0].keys()
     assert "speed-up" in out.output and "token" in out.output
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 3 * 5
+    assert len(records) == 3 * 11
     for rec in records:
         if rec["mode"] == "latent":
             talkers = [(s["agent"], s["round"]) for s in rec["usage"]["steps"] if s["generated_tokens"]]

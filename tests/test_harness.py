@@ -49,6 +49,7 @@ class FakeSystem:
             batch_size: int | None = None) -> list:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("simulated crash")
+        questions = [q if isinstance(q, str) else q["question"] for q in questions]  # world inputs carry every text field
         self.calls.append((tuple(questions), mode, rounds, latent_steps))
         self.batch_sizes.append(batch_size)
         m = self.default_m if latent_steps is None else latent_steps

@@ -190,21 +190,15 @@ def test_inner_loss_falls_and_heldout_cosine_rises(agents, seq_data, tmp_path):
     torch.testing.assert_close(loaded.links.state_dict(), system.links.state_dict())
 
 
-def test_outer_rounds_follow_the_system_run_order(agents, seq_data, monkeypatch):
+def test_every_outer_link_gets_gradient_in_every_round_it_carries(agents, seq_data):
+    # which turns run is tests/test_rounds.py (the same schedule as System.run); here: credit reaches each use
     system = System.from_config(sequential_cfg(agents, rounds=3))
-    calls = []
-    real = outer_mod.forced_pass
-    monkeypatch.setattr(outer_mod, "forced_pass", lambda agent, *a, **k: calls.append(agent.name) or real(agent, *a, **k))
-    unroll(system, seq_data[0][:2], TrainConfig(nonfinal_weight=0.1))
-    # as System._run_batch: each round planner, critic, solver; the solver's non-final passes send feedback
-    assert calls == ["planner", "critic", "solver"] * 3
-    # in the last round only the decoder's ancestors run; the feedback edge carries nothing out of it
-    calls.clear()
     result = unroll(system, seq_data[0][:2], TrainConfig(nonfinal_weight=0.0), track_grads=True)
     result.loss.backward()
     assert sorted(result.latent_grad_sq) == sorted(
         [f"{e}/r{r}" for r in (1, 2, 3) for e in ("planner->critic", "critic->solver")] + ["solver->planner/r1", "solver->planner/r2"]
     )
+    assert all(v > 0 for v in result.latent_grad_sq.values())
 
 
 def test_outer_loss_falls_and_beats_the_untrained_system_on_held_out(agents, seq_data, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -14,13 +15,26 @@ from recursivemas.config import AgentConfig, ConfigError
 from recursivemas.gguf import is_gguf, local_model_dir
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# A role prompt is split at slot markers and at the question placeholder.
-_SPLIT_RE = re.compile(r"(<<[A-Za-z][A-Za-z0-9_]*>>|\{question\})")
+# A role prompt is split at slot markers and at input-field placeholders such as ``{question}``.
+_SPLIT_RE = re.compile(r"(<<[A-Za-z][A-Za-z0-9_]*>>|\{[A-Za-z_][A-Za-z0-9_]*\})")
+FIELD_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def as_fields(item: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """One input of a run as its fields: a plain string is the ``question`` field."""
+    return {"question": item} if isinstance(item, str) else item
 
 
 @dataclass(frozen=True)
 class Slot:
     """Where an incoming edge's latents (or text, in text mode) go in a rendered prompt."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Field:
+    """Where an input field (``{question}``, ``{passage}``, ...) goes in a rendered prompt."""
 
     name: str
 
@@ -81,28 +95,43 @@ class Agent:
             return self.tokenizer.apply_chat_template(merged, chat_template=template, add_generation_prompt=True, tokenize=False)
 
     @staticmethod
-    def _split(rendered: str) -> list[str | Slot | None]:
-        """Split at markers: text pieces stay strings, slots become ``Slot``, the question becomes ``None``."""
-        parts: list[str | Slot | None] = []
+    def _split(rendered: str) -> list[str | Slot | Field]:
+        """Split at markers: text pieces stay strings, slots become ``Slot``, placeholders ``Field``."""
+        parts: list[str | Slot | Field] = []
         for piece in _SPLIT_RE.split(rendered):
-            if piece == "{question}":
-                parts.append(None)
-            elif piece.startswith("<<") and piece.endswith(">>"):
+            if piece.startswith("<<") and piece.endswith(">>"):
                 parts.append(Slot(piece[2:-2]))
+            elif FIELD_RE.fullmatch(piece):
+                parts.append(Field(piece[1:-1]))
             elif piece:
                 parts.append(piece)
         return parts
 
-    def segments(self, question: str) -> list[str | Slot]:
-        """This agent's prompt for ``question``: text runs (question filled in) and slots, in order."""
+    @property
+    def fields(self) -> list[str]:
+        """The input fields this agent's prompt reads, in order."""
+        return [p.name for p in self.template if isinstance(p, Field)]
+
+    def segments(self, inputs: str | Mapping[str, Any]) -> list[str | Slot]:
+        """This agent's prompt for one input: text runs (fields filled in) and slots, in order."""
+        fields = as_fields(inputs)
         out: list[str | Slot] = []
         for part in self.template:
-            text = question if part is None else part
+            text = self._field(fields, part.name) if isinstance(part, Field) else part
             if isinstance(text, str) and out and isinstance(out[-1], str):
                 out[-1] += text
             else:
                 out.append(text)
         return out
+
+    def _field(self, fields: Mapping[str, Any], name: str) -> str:
+        value = fields.get(name)
+        if not isinstance(value, str):
+            given = ", ".join(sorted(k for k, v in fields.items() if isinstance(v, str))) or "none"
+            problem = "is missing" if value is None else f"is a {type(value).__name__}, not a string"
+            raise ValueError(f"agent {self.name!r}: its prompt reads input field {{{name}}}, which {problem}; "
+                             f"pass each input as a mapping with a {name!r} string (text fields given: {given})")
+        return value
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -7,6 +7,7 @@ It is data, validated once at load time: every unknown key, missing field or bad
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"agent dtype {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-        if "{question}" not in self.prompt:
-            raise ConfigError(f"agent prompt must contain '{{question}}' where the question goes; got {self.prompt[:60]!r}")
+        if not re.search(r"\{[A-Za-z_][A-Za-z0-9_]*\}", self.prompt):
+            raise ConfigError(f"agent prompt must name an input field such as '{{question}}' where the input goes; got {self.prompt[:60]!r}")
 
 
 @dataclass

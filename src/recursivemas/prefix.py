@@ -23,7 +23,7 @@ from transformers import DynamicCache
 
 from recursivemas.agent import Agent, Slot
 from recursivemas.rollout import decoder_of, positions_from_mask
-from recursivemas.slots import SlotFill, left_pad, row_embeddings
+from recursivemas.slots import Input, SlotFill, left_pad, row_embeddings
 
 
 @dataclass
@@ -53,10 +53,10 @@ class Tail:
     reused: list[int]
 
 
-def prefix_length(agent: Agent, question: str) -> int:
+def prefix_length(agent: Agent, inputs: Input) -> int:
     """Token positions of ``agent``'s prompt reused across rounds: those before its first slot, less one."""
     text = ""
-    for segment in agent.segments(question):
+    for segment in agent.segments(inputs):
         if isinstance(segment, Slot):
             break
         text += segment
@@ -71,10 +71,10 @@ def encode_past(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> P
 
 
 class PrefixStore:
-    """The prompt-prefix caches of one batch of questions, one per group of agents that run together."""
+    """The prompt-prefix caches of one batch of inputs, one per group of agents that run together."""
 
-    def __init__(self, questions: Sequence[str], reuse: bool = True) -> None:
-        self.questions, self.reuse = list(questions), reuse
+    def __init__(self, inputs: Sequence[Input], reuse: bool = True) -> None:
+        self.inputs_, self.reuse = list(inputs), reuse
         self._pasts: dict[tuple[str, ...], Past] = {}
         self._cuts: dict[str, list[int]] = {}  # per agent, each question's prefix length (tokenized once)
 
@@ -82,9 +82,9 @@ class PrefixStore:
         """Rows for ``agents`` (agent-major) minus their prefixes, with a fresh copy of the prefix cache."""
         rows, cuts = [], []
         for agent in agents:
-            rows += [row_embeddings(agent, q, fills[agent.name], i) for i, q in enumerate(self.questions)]
+            rows += [row_embeddings(agent, q, fills[agent.name], i) for i, q in enumerate(self.inputs_)]
             if agent.name not in self._cuts:
-                self._cuts[agent.name] = [prefix_length(agent, q) if self.reuse else 0 for q in self.questions]
+                self._cuts[agent.name] = [prefix_length(agent, q) if self.reuse else 0 for q in self.inputs_]
             cuts += self._cuts[agent.name]
         if min(cuts) == 0:  # reuse is off, or some row has no prefix: encode every row whole
             embeds, mask = left_pad(rows)

@@ -7,19 +7,22 @@ hand-offs (text mode) are tokenized like any other text. Rows are left-padded at
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 
 from recursivemas.agent import Agent, Slot
 
+Input = Union[str, Mapping[str, Any]]  # one input of a run: a question, or a mapping of input fields
+
 # Per slot, one entry per question: a [m, hidden] latent tensor, a text hand-off, or None (nothing yet).
 SlotFill = Union[torch.Tensor, str, None]
 
 
-def row_embeddings(agent: Agent, question: str, fills: dict[str, Sequence[SlotFill]], row: int) -> torch.Tensor:
+def row_embeddings(agent: Agent, inputs: Input, fills: dict[str, Sequence[SlotFill]], row: int) -> torch.Tensor:
+    """``[len, hidden]`` embeddings of one row: ``agent``'s prompt for ``inputs`` with row ``row`` of each fill spliced in."""
     parts = []
-    for segment in agent.segments(question):
+    for segment in agent.segments(inputs):
         value = fills[segment.name][row] if isinstance(segment, Slot) and segment.name in fills else segment
         if isinstance(value, Slot) or value is None or (isinstance(value, str) and not value):
             continue  # an empty slot (round-1 feedback, single mode) vanishes from the prompt
@@ -41,6 +44,6 @@ def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return embeds, mask
 
 
-def build_inputs(agent: Agent, questions: Sequence[str], fills: dict[str, Sequence[SlotFill]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``(inputs_embeds, attention_mask)`` for a batch of questions at ``agent``."""
-    return left_pad([row_embeddings(agent, q, fills, i) for i, q in enumerate(questions)])
+def build_inputs(agent: Agent, inputs: Sequence[Input], fills: dict[str, Sequence[SlotFill]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``(inputs_embeds, attention_mask)`` for a batch of inputs at ``agent``."""
+    return left_pad([row_embeddings(agent, x, fills, i) for i, x in enumerate(inputs)])

@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from recursivemas.agent import Agent, load_model_and_tokenizer
+from recursivemas.agent import Agent, as_fields, load_model_and_tokenizer
 from recursivemas.config import ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
 from recursivemas.generation import DecodeSession, generate
 from recursivemas.graph import Graph, edge_name
@@ -23,11 +23,11 @@ from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.prefix import PrefixStore, Tail
 from recursivemas.rollout import latent_rollout
-from recursivemas.slots import SlotFill
+from recursivemas.rounds import MODES, PROBES, Mailbox
+from recursivemas.slots import Input, SlotFill
 from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
-MODES = ("latent", "text", "single")
 CONFIG_NAME, LINKS_NAME = "system.yaml", "links.safetensors"
 
 
@@ -110,7 +110,7 @@ class System:
     @torch.no_grad()
     def run(
         self,
-        questions: str | Sequence[str],
+        inputs: Input | Sequence[Input],
         mode: str = "latent",
         rounds: int | None = None,
         latent_steps: int | None = None,
@@ -119,20 +119,35 @@ class System:
         progress: bool = False,
         reuse_prefix: bool = True,
         generation: GenerationConfig | None = None,
+        probe: str = "none",
+        gold: Sequence[Mapping[str, str]] | None = None,
+        probe_seed: int = 0,
+        trace: list | None = None,
     ) -> list[RunResult]:
-        """Answer each question; returns one ``RunResult`` per question, in order.
+        """Answer each input; returns one ``RunResult`` per input, in order.
+
+        An input is a question, or a mapping of input fields (``{"story": ..., "ask": ...}``) when the
+        agents' prompts read different fields; extra keys are ignored, so a data record can be passed.
 
         ``generation`` overrides the system file's decoding settings for this call alone (the system is
         never mutated, so concurrent callers with different settings cannot see each other's).
 
+        ``probe`` tests the channel (docs/method.md#channel-tests): ``shuffle`` gives every slot what the
+        same edge produced for another input of the batch (a derangement seeded by ``probe_seed``),
+        ``zero`` gives zeros (text mode: empty messages), ``gold`` (text mode) runs the decoding agent once
+        with each slot holding ``gold[i][SLOT]``, the gold upstream text: the ceiling of what upstream
+        can give.
+
         ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch and reuses its KV
         cache in later rounds (``recursivemas.prefix``; a one-round run has nothing to reuse); turning it
-        off encodes every prompt whole, for checks.
+        off encodes every prompt whole, for checks. ``trace`` collects the schedule's events (tests).
         """
-        if isinstance(questions, str):
-            questions = [questions]
+        if isinstance(inputs, (str, Mapping)):
+            inputs = [inputs]
+        inputs = list(inputs)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        _check_probe(probe, mode, gold, len(inputs))
         rounds = self.config.rounds if rounds is None else rounds
         steps = self.config.latent_steps if latent_steps is None else latent_steps
         if rounds < 1 or steps < 0:
@@ -141,68 +156,59 @@ class System:
         gen = self.config.generation if generation is None else generation
         generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
         results: list[RunResult] = []
-        bar = tqdm(total=len(questions), desc=f"{mode} x{rounds}", disable=not progress, unit="q")
-        for start in range(0, len(questions), batch_size):
-            batch = list(questions[start : start + batch_size])
-            results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, gen, generator, reuse_prefix)
+        bar = tqdm(total=len(inputs), desc=f"{mode} x{rounds}", disable=not progress, unit="q")
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start : start + batch_size]
+            batch_gold = None if gold is None else list(gold[start : start + batch_size])
+            results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, gen, generator, reuse_prefix,
+                                       probe, f"{probe_seed}:{start}", batch_gold, trace)
             bar.update(len(batch))
         bar.close()
         return results
 
-    def _run_batch(self, questions: list[str], mode: str, rounds: int, steps: int, gen: GenerationConfig, generator, reuse_prefix: bool) -> list[RunResult]:
-        usages = [Usage() for _ in questions]
-        handoffs: list[list[dict]] = [[] for _ in questions]
-        tool_log: list[list[dict]] = [[] for _ in questions]
+    def _run_batch(self, inputs: list, mode: str, rounds: int, steps: int, gen: GenerationConfig, generator,
+                   reuse_prefix: bool, probe: str = "none", probe_seed: int | str = 0, gold=None, trace: list | None = None) -> list[RunResult]:
+        n = len(inputs)
+        usages = [Usage() for _ in inputs]
+        handoffs: list[list[dict]] = [[] for _ in inputs]
+        tool_log: list[list[dict]] = [[] for _ in inputs]
         decoder, max_answer = self.graph.decoder, gen.max_new_tokens
         # Each agent's prompt up to its first slot, encoded once for all rounds (nothing to reuse in one round).
-        prefixes = PrefixStore(questions, reuse=reuse_prefix and rounds > 1)
-        if mode == "single":  # the decoding agent alone, every slot empty
-            texts = self._decode(decoder, prefixes, {}, 1, "answer", max_answer, usages, gen, generator, tool_log)
-            return [RunResult(q, texts[i], mode, 1, 0, usages[i], tool_calls=tool_log[i]) for i, q in enumerate(questions)]
-        feedback: dict[str, list[SlotFill]] = {}
-        for r in range(1, rounds + 1):
-            final = r == rounds
-            current: dict[str, list[SlotFill]] = {}
-            next_feedback: dict[str, list[SlotFill]] = {}
-
-            def send(agent: str, payload) -> None:
-                """Route an agent's output along its edges: latents through each edge's outer link."""
-                for e in self.graph.outgoing(agent):
-                    if final and e.feedback:
-                        continue
-                    if mode == "latent":
-                        value = list(self.links.outer[edge_name(e)](payload.to(self.agents[e.dst].device)))
-                    else:
-                        value = payload
-                    (next_feedback if e.feedback else current)[edge_name(e)] = value
-
-            for stage in self.graph.stages():
-                fills = {
-                    agent: {
-                        e.slot: (feedback if e.feedback else current).get(edge_name(e), [None] * len(questions))
-                        for e in self.graph.incoming(agent)
-                    }
-                    for agent in stage
-                    if self.graph.active(agent, final)
-                }
-                if final and decoder in fills:
-                    texts = self._decode(decoder, prefixes, fills.pop(decoder), r, "answer", max_answer, usages, gen, generator, tool_log)
-                if mode == "latent":
-                    for group in self._same_model_groups(list(fills)):
-                        for agent, thoughts in self._rollout(group, prefixes, fills, r, steps, usages).items():
-                            send(agent, thoughts)
-                    continue
-                for agent, agent_fills in fills.items():
-                    msgs = self._decode(agent, prefixes, agent_fills, r, "text", gen.handoff_max_new_tokens, usages, gen, generator)
-                    receivers = [e.dst for e in self.graph.outgoing(agent) if not (final and e.feedback)]
-                    for i, msg in enumerate(msgs):
-                        handoffs[i].append({"round": r, "from": agent, "to": receivers, "text": msg})
-                    send(agent, msgs)
-            feedback = next_feedback
+        prefixes = PrefixStore(inputs, reuse=reuse_prefix and rounds > 1)
+        if mode == "single" or probe == "gold":  # the decoding agent alone: every slot empty, or holding gold text
+            fills = _gold_fills(self.graph, gold, n) if probe == "gold" else {}
+            texts = self._decode(decoder, prefixes, fills, 1, "answer", max_answer, usages, gen, generator, tool_log)
+            return [self._result(x, texts[i], mode, 1, 0, usages[i], tool_calls=tool_log[i]) for i, x in enumerate(inputs)]
+        mail = Mailbox(self.graph, n, probe, probe_seed, trace)
+        for turn in mail.turns(rounds):
+            r = turn.round
+            answer_fills = mail.fills(decoder) if turn.answers else None
+            fills = {agent: mail.fills(agent) for agent in turn.senders}
+            if turn.answers:
+                texts = self._decode(decoder, prefixes, answer_fills, r, "answer", max_answer, usages, gen, generator, tool_log)
+                mail.answered()
+            if mode == "latent":
+                for group in self._same_model_groups(list(fills)):
+                    for agent, thoughts in self._rollout(group, prefixes, fills, r, steps, usages).items():
+                        for e in mail.edges_out(agent):  # latents cross each edge through its outer link
+                            mail.post(e, list(self.links.outer[edge_name(e)](thoughts.to(self.agents[e.dst].device))))
+                continue
+            for agent, agent_fills in fills.items():
+                msgs = self._decode(agent, prefixes, agent_fills, r, "text", gen.handoff_max_new_tokens, usages, gen, generator)
+                edges = mail.edges_out(agent)
+                for i, msg in enumerate(msgs):
+                    handoffs[i].append({"round": r, "from": agent, "to": [e.dst for e in edges], "text": msg})
+                for e in edges:
+                    mail.post(e, msgs)
         return [
-            RunResult(q, texts[i], mode, rounds, steps if mode == "latent" else 0, usages[i], handoffs[i], tool_log[i])
-            for i, q in enumerate(questions)
+            self._result(x, texts[i], mode, rounds, steps if mode == "latent" else 0, usages[i], handoffs[i], tool_log[i])
+            for i, x in enumerate(inputs)
         ]
+
+    @staticmethod
+    def _result(inputs, text: str, mode: str, rounds: int, steps: int, usage: Usage, handoffs=None, tool_calls=None) -> RunResult:
+        fields = as_fields(inputs)
+        return RunResult(str(fields.get("question", "")), text, mode, rounds, steps, usage, handoffs or [], tool_calls or [])
 
     def _same_model_groups(self, names: list[str]) -> list[list[str]]:
         """Agents of one stage that share a loaded model (e.g. mixture experts on one LLM) roll out as one batch."""
@@ -213,7 +219,7 @@ class System:
 
     def _rollout(self, names: list[str], prefixes: PrefixStore, fills, round_: int, steps: int, usages: list[Usage]) -> dict[str, torch.Tensor]:
         """Latent rollouts of agents sharing one model, batched together; each row uses its own agent's inner link."""
-        model, n = self.agents[names[0]].model, len(prefixes.questions)
+        model, n = self.agents[names[0]].model, len(prefixes.inputs_)
         if steps == 0:  # nothing to pass on (the m = 0 ablation): encode nothing
             for name in names:
                 for i in range(n):
@@ -299,6 +305,33 @@ class System:
     def __repr__(self) -> str:
         agents = ", ".join(repr(a) for a in self.agents.values())
         return f"System({self.config.name!r}, decoder={self.graph.decoder!r}, agents=[{agents}])"
+
+
+def _check_probe(probe: str, mode: str, gold, n: int) -> None:
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
+    if probe != "none" and mode == "single":
+        raise ValueError(f"probe {probe!r} needs mode 'latent' or 'text': a single agent receives nothing to probe")
+    if probe == "gold":
+        if mode != "text":
+            raise ValueError("probe 'gold' fills slots with gold text, so it runs in mode 'text'")
+        if gold is None or len(gold) != n:
+            raise ValueError(f"probe 'gold' needs gold=[{{slot: text}}, ...] with one mapping per input ({n}), "
+                             f"got {'none' if gold is None else len(gold)}")
+    elif gold is not None:
+        raise ValueError(f"gold texts are only read by probe 'gold', not {probe!r}; drop gold= or set probe='gold'")
+
+
+def _gold_fills(graph: Graph, gold: Sequence[Mapping[str, str]], n: int) -> dict[str, list[SlotFill]]:
+    """The decoding agent's slots, each holding the gold upstream text of every row."""
+    fills = {}
+    for e in graph.incoming(graph.decoder):
+        missing = [i for i in range(n) if not isinstance(gold[i].get(e.slot), str)]
+        if missing:
+            raise ValueError(f"gold[{missing[0]}] has no text for slot {e.slot!r} (the edge {edge_name(e)}); "
+                             f"give every input a gold text for each of the decoder's slots")
+        fills[e.slot] = [gold[i][e.slot] for i in range(n)]
+    return fills
 
 
 def _build_tool_loop(config: SystemConfig):

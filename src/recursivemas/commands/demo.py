@@ -26,6 +26,7 @@ def demo(
     modes: str = typer.Option("single,text,latent", "--modes"),
     batch_size: int = typer.Option(200, "--batch-size", help="Problems decoded together; tiny agents batch cheaply."),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where records, summary.json, report.md and plots go."),
+    channel: bool = typer.Option(True, "--channel/--no-channel", help="Add the channel tests: latents shuffled across questions and zeroed, text shuffled, gold upstream text."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads; tiny agents run fastest on one, and a busy machine makes more much slower."),
 ) -> None:
     """Run the bundled default in every mode and compare accuracy, tokens and time."""
@@ -44,16 +45,15 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / "records.jsonl"
     records_path.unlink(missing_ok=True)  # a demo measures afresh; `recursivemas eval` is the resumable one
-    records = evaluate(
-        loaded,
-        "world",
-        split="test",
-        limit=limit,
-        modes=parse_list(modes, name="modes"),
-        rounds=parse_list(rounds, int, name="rounds"),
-        out_path=records_path,
-        batch_size=batch_size,
-    )
+    mode_list, round_list = parse_list(modes, name="modes"), parse_list(rounds, int, name="rounds")
+    common = dict(split="test", limit=limit, out_path=records_path, batch_size=batch_size)
+    records = evaluate(loaded, "world", modes=mode_list, rounds=round_list, **common)
+    if channel:  # every RecursiveMAS accuracy beside its channel test; text shuffled and gold at the most rounds
+        if "latent" in mode_list:
+            records += evaluate(loaded, "world", modes=["latent"], rounds=round_list, probes=["shuffle", "zero"], **common)
+        if "text" in mode_list:
+            records += evaluate(loaded, "world", modes=["text"], rounds=[max(round_list)], probes=["shuffle", "gold"], **common)
+        records = list({(r["mode"], r["rounds"], r["id"]): r for r in records}.values())
     note = f"System `{path}`; {limit} held-out test problems; latent steps m = {loaded.config.latent_steps}" + (
         f" (tuned on {loaded.config.tuned_on})." if loaded.config.tuned_on else "."
     )

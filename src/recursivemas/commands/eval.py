@@ -52,6 +52,7 @@ def eval_cmd(
     data: Path | None = typer.Option(None, "--data", help="Local JSONL/JSON/Parquet file or datasets directory."),
     batch_size: int = typer.Option(8, "--batch-size", help="Questions the system runs together (one System.run batch)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.md and plots next to --out."),
+    probes: str = typer.Option("", "--probes", help="Channel tests to add: comma list of shuffle, zero, gold (docs/method.md#channel-tests)."),
 ) -> None:
     """Run every (mode, rounds) on the same questions, appending one graded record per question."""
     from recursivemas.eval.harness import accuracy, evaluate
@@ -62,7 +63,7 @@ def eval_cmd(
     loaded = _load_system(system)
     try:
         records = evaluate(loaded, name, split, limit, mode_list, round_list, out, latent_steps, source=data,
-                           batch_size=batch_size)
+                           batch_size=batch_size, probes=[p.strip() for p in probes.split(",") if p.strip()])
     except (TaskDataError, ValueError) as exc:
         _fail(str(exc))
     for row in summarize(records):

@@ -18,8 +18,10 @@ from typing import Any, Protocol
 
 from recursivemas.eval.grading import Grade, grade
 from recursivemas.eval.tasks import Example, load_examples
+from recursivemas.rounds import MODES
 
-MODES = ("single", "text", "latent")
+# Channel probes (docs/method.md#channel-tests) run as extra arms; a record's mode is then e.g. "latent/shuffle".
+ARM_PROBES = ("shuffle", "zero", "gold")
 
 
 class SystemLike(Protocol):
@@ -77,10 +79,15 @@ def parse_list(value: str | Iterable, cast: type = str, *, name: str = "value") 
     return out
 
 
-def _check(modes: Sequence[str], rounds: Sequence[int], latent_steps: int | None) -> None:
+def _check(modes: Sequence[str], rounds: Sequence[int], latent_steps: int | None, probes: Sequence[str] = ()) -> None:
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    for probe in probes:
+        if probe not in ARM_PROBES:
+            raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(ARM_PROBES)}")
+    if "gold" in probes and "text" not in modes:
+        raise ValueError("probe 'gold' is a text-mode arm (the decoder reads gold upstream text); add mode 'text'")
     for r in rounds:
         if not isinstance(r, int) or r < 1:
             raise ValueError(f"rounds must be integers >= 1, got {r!r}")
@@ -115,18 +122,26 @@ def _grade_all(examples: list[Example], texts: list[str], workers: int) -> list[
 def _run_batch(system: SystemLike, batch: list[Example], mode: str, rounds: int, steps: int | None,
                grade_workers: int) -> list[dict[str, Any]]:
     """Ask the system one batch of questions and grade the answers: one record body per question."""
-    kwargs: dict[str, Any] = {"mode": mode, "rounds": rounds, "batch_size": len(batch)}  # the harness batch runs as one
+    base, _, probe = mode.partition("/")
+    kwargs: dict[str, Any] = {"mode": base, "rounds": rounds, "batch_size": len(batch)}  # the harness batch runs as one
     if steps is not None:
         kwargs["latent_steps"] = steps
+    if probe:
+        kwargs["probe"] = probe
+    if probe == "gold":
+        from recursivemas.channel import gold_texts
+
+        kwargs["gold"] = [gold_texts(system, e.fields or {}) for e in batch]
     t0 = time.perf_counter()
-    results = system.run([e.question for e in batch], **kwargs)
+    results = system.run([e.inputs for e in batch], **kwargs)
     elapsed = time.perf_counter() - t0
     if len(results) != len(batch):
         raise RuntimeError(f"system.run returned {len(results)} results for {len(batch)} questions")
     texts = [str(getattr(r, "text", r)) for r in results]
     grades = _grade_all(batch, texts, grade_workers)
     return [{
-        "id": ex.id, "kind": ex.kind, "mode": mode, "rounds": rounds, "latent_steps": steps, "prediction": text,
+        "id": ex.id, "kind": ex.kind, "mode": mode, "probe": probe or "none", "rounds": rounds, "latent_steps": steps,
+        "prediction": text,
         "extracted": g.extracted, "gold": ex.gold if ex.kind != "code" else None,  # code gold = tests: by id
         "correct": g.correct, "score": g.score, "grade_detail": g.detail, **_usage(res, elapsed / len(batch)),
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -148,16 +163,21 @@ def evaluate(
     grade_workers: int = 2,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    probes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Run every (mode, rounds) on the same questions; append one record per question and configuration.
+
+    ``probes`` adds channel-test arms (docs/method.md#channel-tests): ``shuffle`` and ``zero`` for each
+    latent and text configuration (records of mode ``latent/shuffle``, ...), ``gold`` once for text mode
+    (``text/gold``: the decoder reads the gold upstream text; needs tasks whose examples carry it).
 
     ``task`` is a task name (see ``tasks.TASKS``) or a list of Examples. ``latent_steps=None`` uses the
     system's default (``system.config.latent_steps``); it only applies to latent mode (text and single
     records store None). Single mode is one agent, so it runs once, as rounds=1. Returns the records of
     this evaluation, including those found already done in ``out_path``.
     """
-    modes, rounds = list(modes), [int(r) for r in rounds]
-    _check(modes, rounds, latent_steps)
+    modes, rounds, probes = list(modes), [int(r) for r in rounds], list(probes)
+    _check(modes, rounds, latent_steps, probes)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(task, str):
@@ -173,6 +193,10 @@ def evaluate(
         latent_steps = getattr(getattr(system, "config", None), "latent_steps", None)
     configs = [(mode, r, latent_steps if mode == "latent" else None)
                for mode in modes for r in (rounds if mode != "single" else [1])]  # single agent: no rounds
+    configs += [(f"{mode}/{p}", r, steps) for mode, r, steps in list(configs) if mode != "single"
+                for p in probes if p != "gold"]
+    if "gold" in probes:
+        configs.append(("text/gold", 1, None))  # the decoder alone, once, on gold upstream text
     todo = [(c, [e for e in examples if _key(task_name, split, e.id, *c) not in existing]) for c in configs]
     total = sum(len(pending) for _, pending in todo)
 

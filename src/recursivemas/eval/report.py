@@ -40,7 +40,40 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _sort_key(g: Group) -> tuple:
     order = {"single": 0, "text": 1, "latent": 2}
-    return (g[0], g[1], order.get(g[2], 9), g[3], -1 if g[4] is None else g[4])
+    base, _, probe = g[2].partition("/")
+    return (g[0], g[1], order.get(base, 9), probe, g[3], -1 if g[4] is None else g[4])
+
+
+def _probed(mode: str) -> bool:
+    return "/" in mode  # a channel-test arm, e.g. "latent/shuffle"
+
+
+def channel_gains(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, split, mode, rounds, m) run with the shuffle probe: accuracy as run, shuffled and zeroed,
+    and the channel gain (as run minus shuffled) with its paired interval, over the questions in both."""
+    from recursivemas.channel import paired_difference
+
+    by_group: dict[Group, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for rec in records:
+        by_group[_group(rec)][str(rec["id"])] = rec
+    rows = []
+    for group, recs in sorted(by_group.items(), key=lambda kv: _sort_key(kv[0])):
+        task, split, mode, rounds, steps = group
+        shuffled = by_group.get((task, split, f"{mode}/shuffle", rounds, steps))
+        if _probed(mode) or not shuffled:
+            continue
+        common = sorted(set(recs) & set(shuffled))
+        zeroed = by_group.get((task, split, f"{mode}/zero", rounds, steps), {})
+        gain = paired_difference([bool(recs[i]["correct"]) for i in common], [bool(shuffled[i]["correct"]) for i in common])
+        rows.append({
+            "task": task, "split": split, "mode": mode, "rounds": rounds, "latent_steps": steps, "n": len(common),
+            "accuracy": _mean([float(bool(recs[i]["correct"])) for i in common]),
+            "shuffled": _mean([float(bool(shuffled[i]["correct"])) for i in common]),
+            "zeroed": _mean([float(bool(zeroed[i]["correct"])) for i in common if i in zeroed]) if zeroed else None,
+            "gain": gain.diff, "gain_low": gain.low, "gain_high": gain.high, "p_value": gain.p_value,
+            "carries_information": gain.excludes_zero and gain.diff > 0,
+        })
+    return rows
 
 
 def compare_to_text(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -56,7 +89,7 @@ def compare_to_text(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for group, recs in sorted(by_group.items(), key=lambda kv: _sort_key(kv[0])):
         task, split, mode, rounds, steps = group
         text = by_group.get((task, split, "text", rounds, None))
-        if mode == "text" or not text:
+        if mode == "text" or _probed(mode) or not text:
             continue
         common = sorted(set(recs) & set(text))
         if not common:
@@ -79,6 +112,31 @@ def _m(steps: Any) -> str:
     return "-" if steps is None else str(steps)
 
 
+def headline(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The first table of a report with channel tests: per mode and rounds, accuracy beside its channel
+    test (shuffled, zeroed, gain with interval), tokens, time and the ratios against text mode."""
+    rows = [r for r in summarize(records) if not _probed(r["mode"])]
+    channel = {(c["task"], c["mode"], c["rounds"], c["latent_steps"]): c for c in channel_gains(records)}
+    ratios = {(c["task"], c["mode"], c["rounds"], c["latent_steps"]): c for c in compare_to_text(records)}
+    if not channel:
+        return []
+    lines = ["| mode | rounds | m | accuracy | shuffled | zeroed | channel gain [95% CI] | tokens/q | time/q (s) | "
+             "speed-up vs text | tokens saved vs text |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        key = (r["task"], r["mode"], r["rounds"], r["latent_steps"])
+        c, q = channel.get(key), ratios.get(key)
+        test = (f"{100 * c['shuffled']:.1f}% | " + ("-" if c["zeroed"] is None else f"{100 * c['zeroed']:.1f}%") +
+                f" | {c['gain']:+.1f} [{c['gain_low']:+.1f}, {c['gain_high']:+.1f}]") if c else "- | - | -"
+        ratio = f"{q['speedup']:.2f}x | {100 * q['token_saving']:.1f}%" if q else "- | -"
+        lines.append(f"| {r['mode']} | {r['rounds']} | {_m(r['latent_steps'])} | {100 * r['accuracy']:.1f}% | {test} | "
+                     f"{r['generated_tokens']:.0f} | {r['wall_time_s']:.3f} | {ratio} |")
+    gold = [r for r in summarize(records) if r["mode"] == "text/gold"]
+    if gold:
+        lines += ["", f"Ceiling: the decoding agent reading the gold upstream text scores {100 * gold[0]['accuracy']:.1f}% "
+                      f"(n = {gold[0]['n']})."]
+    return lines
+
+
 def markdown(records: Sequence[dict[str, Any]], *, title: str = "Evaluation report", note: str | None = None) -> str:
     """A markdown report: what was run on which split, results per configuration, ratios vs text mode."""
     rows = summarize(records)
@@ -90,12 +148,29 @@ def markdown(records: Sequence[dict[str, Any]], *, title: str = "Evaluation repo
         lines.append("These records come from a tuning sweep, not a held-out evaluation.")
     if note:
         lines += ["", note]
+    top = headline(records)
+    if top:
+        lines += ["", "## Accuracy beside its channel test", ""] + top + ["", "## Every configuration"]
     lines += ["", "| task | split | mode | rounds | m | n | accuracy | tokens/q | latent steps/q | forward calls/q | "
                   "time/q (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['split']} | {r['mode']} | {r['rounds']} | {_m(r['latent_steps'])} | {r['n']} | "
                      f"{100 * r['accuracy']:.1f}% | {r['generated_tokens']:.0f} | {r['latent_steps_total']:.0f} | "
                      f"{r['forward_calls']:.1f} | {r['wall_time_s']:.3f} |")
+    channel = channel_gains(records)
+    if channel:
+        lines += ["", "## Channel tests (docs/method.md#channel-tests)", "",
+                  "Each question also runs with every slot's payload taken from another question of its batch "
+                  "(shuffled) and with zeros (text: empty messages). Channel gain = accuracy as run minus shuffled, "
+                  "paired over the same questions, with a 95% bootstrap interval.", "",
+                  "| task | mode | rounds | m | n | as run | shuffled | zeroed | channel gain [95% CI] | p (McNemar) | carries information |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in channel:
+            zeroed = "-" if r["zeroed"] is None else f"{100 * r['zeroed']:.1f}%"
+            lines.append(f"| {r['task']} | {r['mode']} | {r['rounds']} | {_m(r['latent_steps'])} | {r['n']} | "
+                         f"{100 * r['accuracy']:.1f}% | {100 * r['shuffled']:.1f}% | {zeroed} | {r['gain']:+.1f} "
+                         f"[{r['gain_low']:+.1f}, {r['gain_high']:+.1f}] | {r['p_value']:.2g} | "
+                         f"{'yes' if r['carries_information'] else 'no'} |")
     ratios = compare_to_text(records)
     if ratios:
         lines += ["", "## Against text mode (same questions, same rounds)", "",
@@ -117,6 +192,7 @@ def plot(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = [r for r in records if not _probed(r["mode"])]  # channel-test arms are tabled, not plotted
     rows, ratios = summarize(records), compare_to_text(records)
     many_tasks = len({r["task"] for r in rows}) > 1
 

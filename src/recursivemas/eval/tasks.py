@@ -34,13 +34,23 @@ class TaskDataError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One question: ``question`` is the full prompt for the model, ``gold`` what grading compares to."""
+    """One question: ``question`` is the full prompt for the model, ``gold`` what grading compares to.
+
+    ``fields`` holds the input fields of a task whose agents see different parts of it (``{question}``,
+    ``{story}``, ...); a system is then run on ``fields`` instead of ``question``.
+    """
 
     id: str
     question: str
     gold: Any
     kind: str
     meta: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, str] | None = None
+
+    @property
+    def inputs(self) -> str | dict[str, str]:
+        """What a system is run on for this example."""
+        return self.fields if self.fields is not None else self.question
 
 
 Builder = Callable[["Task", "Record", str], Example]  # (task, record, split) -> Example
@@ -185,8 +195,9 @@ def _livecodebench(task: Task, rec: Record, split: str) -> Example:
 
 def _world(task: Task, rec: Record, split: str) -> Example:
     # The bundled systems are trained on the world's raw questions, so no instruction is added.
+    texts = {k: v for k, v in rec.data.items() if isinstance(v, str)}  # agents may read any text field (story, ask, ...)
     return Example(_rid(task, rec, split), str(rec.get(task, "question")), str(rec.get(task, "answer")), "math",
-                   {"task": task.name})
+                   {"task": task.name}, fields=texts)
 
 
 # ------------------------------------------------------------------------------ non-hub sources

@@ -89,7 +89,7 @@ class FinetuneStage:
                 params[n].copy_(t)
 
     def _batch(self, records: Sequence[dict]):
-        questions = [r["question"] for r in records]
+        questions = list(records)  # each agent reads the input fields its prompt names
         ids = target_ids(self.agent, [r[self.field] for r in records], self.cfg.max_target_tokens, eos=True)
         prompts = [prompt_ids(self.agent, q) for q in questions]
         return questions, ids, prompts

@@ -78,13 +78,13 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
                 raise DataError(f"{path}:{number}: line {number} is not valid JSON ({err.msg})") from err
 
 
-def load_records(source: Any, fields: Iterable[str] = (), name: str | None = None) -> list[dict[str, str]]:
-    """Read and check records; each must hold ``question`` and every field in ``fields`` as non-empty text.
+def load_records(source: Any, fields: Iterable[str] = (), name: str | None = None, inputs: Iterable[str] = (QUESTION,)) -> list[dict[str, str]]:
+    """Read and check records; each must hold the input fields ``inputs`` and every field in ``fields`` as non-empty text.
 
     ``source`` is a path, a ``datasets.Dataset`` or a sequence of mappings. Numbers are accepted and turned
     into text (a bare numeric answer). Returns plain dicts holding only the needed fields.
     """
-    needed = [QUESTION, *dict.fromkeys(f for f in fields if f != QUESTION)]
+    needed = list(dict.fromkeys([*inputs, *fields]))
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -117,8 +117,9 @@ def load_records(source: Any, fields: Iterable[str] = (), name: str | None = Non
 
 
 def load_for_system(system: Any, source: Any, name: str | None = None) -> list[dict[str, str]]:
-    """Records holding the question and every agent's target field, checked against ``system``."""
-    return load_records(source, role_targets(system).values(), name)
+    """Records holding every input field the agents' prompts read and every agent's target field."""
+    inputs = [f for agent in system.agents.values() for f in agent.fields]
+    return load_records(source, role_targets(system).values(), name, inputs=inputs)
 
 
 @dataclass

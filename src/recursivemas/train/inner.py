@@ -39,7 +39,7 @@ def _pairs(system: Any, agent: str, records: Sequence[dict], cfg: Any) -> tuple[
     field = role_targets(system)[agent]
     ids = target_ids(a, [r[field] for r in records], cfg.max_target_tokens)
     with torch.no_grad():
-        forced = forced_pass(a, [r["question"] for r in records], gold_fills(system, agent, records, cfg.inner_slots), ids)
+        forced = forced_pass(a, records, gold_fills(system, agent, records, cfg.inner_slots), ids)
         states = torch.cat(forced.predictor_states(), dim=0).float()
         targets = a.embed([t for row in ids for t in row]).float()
     rows = torch.cat([torch.full((len(t),), i, dtype=torch.long) for i, t in enumerate(ids)]).to(states.device)

@@ -1,8 +1,8 @@
 """The outer loop (SPEC section 7): the whole system unrolled over n rounds, only the outer links train.
 
-Rounds follow ``System._run_batch`` exactly: agents in graph order, inactive agents skipped, forward
-edges fill slots within a round, feedback edges carry to the next round, and the decoding agent speaks
-only in the final round. What crosses an edge is ``R_out(R_in(H))`` where ``H`` is, per ``latent_source``:
+Rounds follow ``recursivemas.rounds``, the schedule ``System.run`` walks too (a test compares the two
+walks): forward edges fill slots within a round, feedback edges carry to the next round, and the
+decoding agent speaks only in the final round. What crosses an edge is ``R_out(R_in(H))`` where ``H`` is, per ``latent_source``:
 
 - ``teacher``: the sender's teacher-forced last-layer states over its own target text (its prompt holds
   whatever latents it received), at the predictor positions, cut to ``max_latent_tokens`` (default 80).
@@ -30,7 +30,8 @@ from torch import nn
 
 from recursivemas.graph import edge_name
 from recursivemas.rollout import latent_rollout
-from recursivemas.slots import SlotFill, build_inputs
+from recursivemas.rounds import Mailbox
+from recursivemas.slots import build_inputs
 from recursivemas.train.data import role_targets
 from recursivemas.train.inner import gold_fills
 from recursivemas.train.teacher import answer_ce, forced_pass, target_ids
@@ -68,37 +69,36 @@ class Unrolled:
     latent_grad_sq: dict[str, float] = field(default_factory=dict)  # "edge/rR" -> squared grad norm (after backward)
 
 
-def unroll(system: Any, records: Sequence[dict], cfg: Any, source: str = "teacher", track_grads: bool = False) -> Unrolled:
-    """Run all rounds on a batch and return the loss (differentiable in the outer links)."""
+def unroll(system: Any, records: Sequence[dict], cfg: Any, source: str = "teacher", track_grads: bool = False,
+           trace: list | None = None) -> Unrolled:
+    """Run all rounds on a batch and return the loss (differentiable in the outer links).
+
+    The rounds are ``recursivemas.rounds``' schedule, the one ``System.run`` walks; ``trace`` collects its events.
+    """
     graph, links = system.graph, system.links
     targets = role_targets(system)
-    questions = [r["question"] for r in records]
+    inputs = list(records)  # each agent reads the input fields its prompt names
     batch = len(records)
     ids = {}
     for name, agent in system.agents.items():
         ids[name] = target_ids(agent, [r[targets[name]] for r in records], cfg.max_target_tokens, eos=name == graph.decoder)
     result = Unrolled(loss=torch.zeros(()), ce_rows=torch.zeros(batch), acc_rows=torch.zeros(batch))
-    feedback: dict[str, list[SlotFill]] = {}
-    rounds = cfg.rounds or system.config.rounds
-    for r in range(1, rounds + 1):
-        final = r == rounds
-        current: dict[str, list[SlotFill]] = {}
-        next_feedback: dict[str, list[SlotFill]] = {}
-        for name in graph.order():
-            if not graph.active(name, final):
-                continue
+    steps = system.config.latent_steps if cfg.latent_steps is None else cfg.latent_steps
+    mail = Mailbox(graph, batch, trace=trace)
+    for turn in mail.turns(cfg.rounds or system.config.rounds):
+        stage = {name: mail.fills(name) for name in ([graph.decoder] if turn.answers else []) + list(turn.senders)}
+        for name, fills in stage.items():
             agent = system.agents[name]
-            fills = {e.slot: (feedback if e.feedback else current).get(edge_name(e), [None] * batch) for e in graph.incoming(name)}
-            sends = [e for e in graph.outgoing(name) if not (final and e.feedback)]
-            is_decoder = name == graph.decoder
-            wants_ce = is_decoder and (final or cfg.nonfinal_weight > 0)
+            sends = [] if turn.answers and name == graph.decoder else mail.edges_out(name)
+            wants_ce = name == graph.decoder and (turn.final or cfg.nonfinal_weight > 0)
             forced = None
             if wants_ce or (sends and source == "teacher"):
-                forced = forced_pass(agent, questions, fills, ids[name], checkpoint=cfg.gradient_checkpointing)
+                forced = forced_pass(agent, inputs, fills, ids[name], checkpoint=cfg.gradient_checkpointing)
             if wants_ce:
                 ce, acc, _ = answer_ce(agent.model, forced)
-                if final:
+                if turn.final:
                     result.ce_rows, result.acc_rows = ce, acc
+                    mail.answered()
                 else:
                     result.nonfinal_ce.append(ce.mean())
             if not sends:
@@ -109,17 +109,16 @@ def unroll(system: Any, records: Sequence[dict], cfg: Any, source: str = "teache
                 counts = [s.shape[0] for s in states]
                 thoughts = inner(torch.cat(states, dim=0))
             else:
-                embeds, mask = build_inputs(agent, questions, fills)
-                rolled = latent_rollout(agent.model, inner, embeds, mask, steps=system.config.latent_steps if cfg.latent_steps is None else cfg.latent_steps)
+                embeds, mask = build_inputs(agent, inputs, fills)
+                rolled = latent_rollout(agent.model, inner, embeds, mask, steps=steps)
                 counts = [rolled.shape[1]] * batch
                 thoughts = rolled.reshape(-1, rolled.shape[-1])
             for e in sends:
                 key = edge_name(e)
                 mapped = links.outer[key](thoughts.to(system.agents[e.dst].device))
                 if track_grads and mapped.requires_grad:
-                    mapped.register_hook(_recorder(result.latent_grad_sq, f"{key}/r{r}"))
-                (next_feedback if e.feedback else current)[key] = list(mapped.split(counts, dim=0))
-        feedback = next_feedback
+                    mapped.register_hook(_recorder(result.latent_grad_sq, f"{key}/r{turn.round}"))
+                mail.post(e, list(mapped.split(counts, dim=0)))
     loss = result.ce_rows.mean()
     if result.nonfinal_ce and cfg.nonfinal_weight:
         loss = loss + cfg.nonfinal_weight * torch.stack(result.nonfinal_ce).mean()
@@ -150,7 +149,7 @@ def exact_match(system: Any, records: Sequence[dict], cfg: Any) -> float:
     """Share of records whose greedy latent-mode answer equals the gold answer text (stripped)."""
     field_ = role_targets(system)[system.graph.decoder]
     greedy = replace(system.config.generation, temperature=0.0, top_p=1.0)
-    results = system.run([r["question"] for r in records], mode="latent", rounds=cfg.rounds or None, batch_size=cfg.eval_batch_size, generation=greedy)
+    results = system.run(list(records), mode="latent", rounds=cfg.rounds or None, batch_size=cfg.eval_batch_size, generation=greedy)
     return sum(res.text.strip() == r[field_].strip() for res, r in zip(results, records)) / len(records)
 
 
@@ -257,7 +256,7 @@ def ridge_pairs(system: Any, records: Sequence[dict], cfg: Any) -> dict[str, tup
         ids = target_ids(agent, texts, cfg.max_target_tokens)
         for start in range(0, len(records), cfg.eval_batch_size):
             chunk = list(records[start : start + cfg.eval_batch_size])
-            forced = forced_pass(agent, [r["question"] for r in chunk], gold_fills(system, name, chunk), ids[start : start + len(chunk)])
+            forced = forced_pass(agent, chunk, gold_fills(system, name, chunk), ids[start : start + len(chunk)])
             states = forced.predictor_states(cfg.max_latent_tokens)
             for i, rows in enumerate(states):
                 source = system.links.inner[name](rows.float())

@@ -18,7 +18,7 @@ from torch import nn
 
 from recursivemas.agent import Agent
 from recursivemas.rollout import decoder_of, positions_from_mask
-from recursivemas.slots import SlotFill, left_pad, row_embeddings
+from recursivemas.slots import Input, SlotFill, left_pad, row_embeddings
 
 
 def target_ids(agent: Agent, texts: Sequence[str], max_tokens: int, eos: bool = False) -> list[list[int]]:
@@ -34,10 +34,10 @@ def target_ids(agent: Agent, texts: Sequence[str], max_tokens: int, eos: bool = 
     return out
 
 
-def prompt_ids(agent: Agent, question: str) -> list[int]:
+def prompt_ids(agent: Agent, inputs: Input) -> list[int]:
     """The agent's prompt with every slot empty, as token ids (pieces tokenized separately, as ``build_inputs`` does)."""
     ids: list[int] = []
-    for segment in agent.segments(question):
+    for segment in agent.segments(inputs):
         if isinstance(segment, str) and segment:
             ids += agent.encode(segment)
     return ids
@@ -111,7 +111,7 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
 
 def forced_pass(
     agent: Agent,
-    questions: Sequence[str],
+    inputs: Sequence[Input],
     fills: dict[str, Sequence[SlotFill]],
     targets: list[list[int]],
     *,
@@ -127,9 +127,9 @@ def forced_pass(
     model = agent.model if model is None else model
     table = model.get_input_embeddings()
     rows = []
-    for i, question in enumerate(questions):
+    for i, row_inputs in enumerate(inputs):
         if prompts is None:
-            prompt = row_embeddings(agent, question, fills, i)
+            prompt = row_embeddings(agent, row_inputs, fills, i)
             ids = torch.tensor(targets[i], dtype=torch.long, device=agent.device)
             rows.append(torch.cat([prompt, table(ids).to(prompt.dtype)], dim=0))
         else:
