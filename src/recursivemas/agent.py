@@ -83,9 +83,10 @@ class Agent:
         """The full chat prompt up to the start of the assistant turn, in this agent's own template."""
         system = self.config.system_prompt
         template = self.config.chat_template or self.tokenizer.chat_template
-        if template is None:  # plain fallback for base models without a chat template
-            bos = self.tokenizer.bos_token or ""
-            return f"{bos}{system + chr(10) + chr(10) if system else ''}{user}\n"
+        if template is None:  # plain format for base models (docs/real_models.md): BOS, system, blank line, prompt
+            bos = self.tokenizer.bos_token or ""  # Gemma degrades badly without its BOS
+            # No newline after the prompt: a base model continues right where it ends (e.g. after "Answer:").
+            return f"{bos}{system + chr(10) + chr(10) if system else ''}{user}"
         messages = [{"role": "user", "content": user}]
         try:
             with_system = [{"role": "system", "content": system}] + messages if system else messages
