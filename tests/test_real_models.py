@@ -59,6 +59,29 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert gguf.cache_root().parts[-3:] == (".cache", "recursivemas", "gguf")
 
 
+# ---------------------------------------------------------------- the facts task (no packages needed)
+def test_facts_splits_are_disjoint_and_reproducible():
+    train = facts.generate("train", 300)
+    test = facts.generate("test", 50)
+    assert facts.generate("test", 50) == test and facts.generate("test", 50, seed=1) != test
+    assert not {(r["passage"], r["question"]) for r in train} & {(r["passage"], r["question"]) for r in test}
+    for r in test:
+        assert all(facts.split_of(r) == "test" for r in test)
+        in_passage = [o for o in r["options"] if o in r["passage"].replace(".", " ").split()]
+        assert in_passage == [r["answer"]] and r["fact"] in r["passage"] and len(set(r["options"])) == 4
+    with pytest.raises(ValueError, match="unknown split"):
+        facts.generate("dev", 1)
+
+
+def test_facts_grading_is_strict():
+    r = {"options": ["Oslo", "Lima", "Cairo", "Perth"], "answer": "Oslo"}
+    assert facts.grade("Oslo", r) and facts.grade(" Mara lives in Oslo.\nLima", r) and facts.grade("**oslo**", r)
+    for wrong in ("Lima", "Oslo or Lima", "I do not know", "", "\n\n", "Oslowa", "B"):
+        assert not facts.grade(wrong, r), wrong
+    codes = {"options": ["1000", "1373", "2119", "2492"], "answer": "2492"}
+    assert facts.grade("Yuki's locker code is 2492.", codes) and not facts.grade("24921", codes)
+
+
 # ---------------------------------------------------------------- sliding-window attention with the KV cache
 def test_sliding_window_cached_rollout_equals_reencoding():
     """Gemma3's sliding layers with a window shorter than the prompt: cached thoughts equal re-encoded ones."""
