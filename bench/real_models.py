@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts = args.part.split(",")
-    print(f"# Real models ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()})\n")
+    print(f"# Real models ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 2-core CPU shared with other jobs)\n")
     system = real.load() if {"speed", "rollout"} & set(parts) else None
     if "speed" in parts:
         print(f"## Latent vs text MAS ({args.problems} test problems)\n\n{bench_speed(system, args.problems)}\n", flush=True)
@@ -110,6 +110,7 @@ def main() -> None:
         print(f"## KV rollout vs re-encoding\n\n{bench_rollout(system)}\n", flush=True)
     if "train" in parts:
         print(f"## Training cost ({args.train_steps} steps, batch {args.batch_size})\n\n{bench_train(args.train_steps, args.batch_size)}\n", flush=True)
+    print(f"Machine: {machine()}.")
 
 
 if __name__ == "__main__":
