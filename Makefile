@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REAL := $(VENV)/.installed-real
 
-.PHONY: install install-real demo demo-real demo-patterns test bench paper clean
+.PHONY: install install-real demo demo-real demo-patterns test bench report paper clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,10 @@ demo-patterns: $(STAMP)
 test: $(REAL)
 	$(PY) -m pytest -q
 
-paper: $(STAMP)
+report: $(STAMP)
 	$(VENV)/bin/recursivemas report
+
+paper: report
 
 bench: $(STAMP)
 	$(PY) bench/rollout.py

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
 from datetime import date
 from pathlib import Path
 
-import torch
 
+from recursivemas.machine import describe as machine  # noqa: F401 - the benches' one machine line
 from recursivemas.tiny import build_tiny_model, build_word_tokenizer
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        name = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-        cpu = name or cpu
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    load = os.getloadavg()[0]  # a busy machine slows every arm of a comparison; say how busy it was
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}, load average {load:.1f} at the end"
 
 
 def save_llama(out_dir: Path, hidden: int, layers: int = 8, vocab: int = 32000, seed: int = 0) -> Path:

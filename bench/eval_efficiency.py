@@ -10,25 +10,14 @@ docs/benchmarks.md under its own heading, with the command, machine and accuracy
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from recursivemas.machine import describe as describe_machine
+
 HEADING = "## Latent vs text mode, end to end (bench/eval_efficiency.py)"
-
-
-def _machine() -> str:
-    try:
-        import torch
-
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-        torch_v = torch.__version__
-    except ImportError:  # pragma: no cover
-        device, torch_v = "unknown", "not installed"
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {device}, Python {platform.python_version()}, torch {torch_v}"
 
 
 def section(records: list[dict], args: argparse.Namespace, command: str) -> str:
@@ -38,7 +27,7 @@ def section(records: list[dict], args: argparse.Namespace, command: str) -> str:
     acc = {(r["mode"], r["rounds"]): r for r in summarize(records)}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"### {stamp}: {Path(args.system).name} on {args.task}/{args.split}", "",
-             f"Command: `{command}`  ", f"Machine: {_machine()}", "",
+             f"Command: `{command}`  ", f"Machine: {describe_machine()}", "",
              "| rounds | m | n | text time/q (s) | latent time/q (s) | speed-up | text tokens/q | latent tokens/q | "
              "token saving | accuracy text -> latent |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in compare_to_text(records):
@@ -81,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     from recursivemas.eval.harness import evaluate, parse_list
 
     path = Path(args.system)
-    system = System.from_pretrained(path) if path.is_dir() else System.from_config(path)
+    system = System.load(path)
     rounds = parse_list(args.rounds, int, name="--rounds")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.records) if args.records else Path(tmp) / "records.jsonl"

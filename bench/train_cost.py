@@ -6,7 +6,7 @@ One heterogeneous sequential system (Llama planner, Qwen2-MoE critic, GPT-2 solv
 weights at ``initializer_range=0.2`` so outputs depend on inputs) and short synthetic arithmetic
 records. RecursiveMAS trains its links (``--inner-steps`` inner-loop steps, then ``--steps`` outer-loop
 steps); the baselines fine-tune the decoding agent alone for ``--steps`` steps on the same records.
-Each method runs in its own fresh process (``python -m recursivemas.train``), so peak memory is that
+Each method runs in its own fresh process (``python -m recursivemas train``), so peak memory is that
 process's own (see ``recursivemas.train.cost``). Reported: trainable parameters, weights of the models
 the method runs, peak training memory above them, time per step, held-out answer loss and token
 accuracy, and the training time each method needs to reach a held-out answer loss (by default the
@@ -58,7 +58,7 @@ def run_method(method: str, files: tuple[Path, Path, Path], out: Path, args: arg
         data["training"] = {"inner_steps": args.inner_steps}
         system = out.parent / "system_links.yaml"
         system.write_text(yaml.safe_dump(data))
-    cmd = [sys.executable, "-m", "recursivemas.train", "--system", str(system), "--data", str(train), "--eval-data", str(held),
+    cmd = [sys.executable, "-m", "recursivemas", "train", "--system", str(system), "--data", str(train), "--eval-data", str(held),
            "--out", str(out), "--method", method, "--steps", str(args.steps), "--lr", str(lr), "--batch-size", str(args.batch_size),
            "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.steps), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}

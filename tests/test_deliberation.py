@@ -70,12 +70,19 @@ def test_single_mode_answer_calls_python_in_the_sandbox(tool_system_config):
     assert answer.input_positions > answer.generated_tokens
 
 
-def test_latent_mode_runs_the_loop_only_in_the_final_answer(tool_system_config):
+def test_tools_run_only_in_the_final_answer(tool_system_config, monkeypatch):
     system = System.from_config(tool_system_config)
     res = system.run(["What is 6 times 7?"], mode="latent")[0]
     talkers = [(s.agent, s.round) for s in res.usage.steps if s.generated_tokens]
     assert talkers == [("tool_caller", 2)]
-    assert len(res.tool_calls) <= 2
+    # text mode: the tool-caller also decodes a hand-off in round 1; the tool loop serves only its final answer
+    rounds = []
+    real = System._decode_with_tools
+    monkeypatch.setattr(System, "_decode_with_tools", lambda self, agent, tail, round_, *a: rounds.append(round_) or real(self, agent, tail, round_, *a))
+    text = system.run(["What is 6 times 7?", "What is 2 times 3?"], mode="text")
+    assert rounds == [2]
+    assert [s.action for s in text[0].usage.steps if s.agent == "tool_caller"] == ["text", "answer"]
+    assert all("<result>" not in h["text"] for r in text for h in r.handoffs)
 
 
 def test_missing_search_backend_fails_at_load(tool_system_config):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from recursivemas.generation import generate
+from recursivemas.generation import decode_batch
 
 PROMPTS = [[5, 9, 11, 3, 7, 2], [4, 8], [12, 6, 1, 9]]
 
@@ -24,13 +24,13 @@ def test_rows_leave_the_batch_and_decode_as_alone(tiny_agents, family):
     model = AutoModelForCausalLM.from_pretrained(tiny_agents[family]).eval()
     with torch.no_grad():
         embeds, mask = _left_padded(model, PROMPTS)
-        free, _ = generate(model, embeds, mask, eos_token_ids=set(), max_new_tokens=10)
+        free, _ = decode_batch(model, embeds, mask, eos_token_ids=set(), max_new_tokens=10)
         # End-of-sequence tokens that stop the rows at different steps, so the batch shrinks mid-decode.
         eos = {free[0][2], free[1][5]}
-        batched, session = generate(model, embeds, mask, eos_token_ids=eos, max_new_tokens=10)
+        batched, session = decode_batch(model, embeds, mask, eos_token_ids=eos, max_new_tokens=10)
         for row, prompt in enumerate(PROMPTS):
             alone_embeds, alone_mask = _left_padded(model, [prompt])
-            alone, _ = generate(model, alone_embeds, alone_mask, eos_token_ids=eos, max_new_tokens=10)
+            alone, _ = decode_batch(model, alone_embeds, alone_mask, eos_token_ids=eos, max_new_tokens=10)
             assert batched[row] == alone[0]
             cut = next((k + 1 for k, t in enumerate(free[row]) if t in eos), len(free[row]))
             assert batched[row] == free[row][:cut]

@@ -127,3 +127,70 @@ def test_code_grading_stdin_and_functional_tests() -> None:
 def test_grade_dispatch_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match="kind"):
         grade(Example("x", "q", "1", "essay", {}), "1")
+
+
+# ------------------------------------------------------------- code grading that cannot be gamed
+
+_HYP_GOLD = {"type": "script", "setup": "import math",
+             "tests": "def check(candidate):\n    assert candidate(3, 4) == 5\n"
+                      "    assert abs(candidate(5, 12) - 13) < 1e-9\n    assert isinstance(candidate(6, 8), (int, float))\n\n"
+                      "check(hyp)\n"}
+_WRONG = "def hyp(a, b):\n    return 0\n"
+# Each one is a wrong solution plus a trick to be graded correct anyway; all must be graded wrong.
+ADVERSARIAL = {
+    "sys.exit(0)": _WRONG + "import sys\nsys.exit(0)\n",
+    "os._exit(0)": _WRONG + "import os\nos._exit(0)\n",
+    "raise SystemExit": _WRONG + "raise SystemExit\n",
+    "atexit handler": _WRONG + "import atexit, os\natexit.register(lambda: os._exit(0))\n"
+                      "atexit.register(print, 'all tests passed')\n",
+    "patch builtins": _WRONG + "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n"
+                      "builtins.AssertionError = type('Nope', (Exception,), {})\n",
+    "redefine check": _WRONG + "def check(candidate):\n    pass\n",
+    "fake pass marker": _WRONG + "import sys, secrets\nprint('PASSED')\nsys.stdout.write(secrets.token_hex(16) + '\\n')\n"
+                        "import os\nos.write(1, b'ok\\n')\n",
+    "always-equal result": "class E(float):\n    def __eq__(self, o):\n        return True\n    def __sub__(self, o):\n"
+                           "        return 0.0\n    __hash__ = float.__hash__\n"
+                           "def hyp(a, b):\n    return E(0)\n",
+    "read the nonce from stdin": _WRONG + "import sys, os\nprint(sys.stdin.read())\nos.write(1, os.read(0, 100))\n"
+                                 "os._exit(0)\n",
+    "kill the parent": _WRONG + "import ctypes, os, signal\nlibc = ctypes.CDLL(None)\nlibc.kill(os.getppid(), 9)\n"
+                       "libc.kill(0, 9)\n",
+    "trace the parent": _WRONG + "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.ptrace(16, os.getppid(), 0, 0)\n"
+                        "libc.syscall(310, os.getppid(), 0, 0, 0, 0, 0)\nos._exit(0)\n",
+    "settrace skips asserts": _WRONG + "import sys\nsys.settrace(lambda *a: None)\n",
+    "raw exit syscall": _WRONG + "import ctypes\nctypes.CDLL(None).syscall(231, 0)\n",
+    "shadow a builtin the tests use": _WRONG + "def abs(x):\n    return 0\ndef isinstance(*a):\n    return True\n"
+                                      "def hyp(a, b):\n    return 5 if (a, b) == (3, 4) else 0\n",
+    "hardcode answers read from the tests": r"""
+import gc, linecache, re, sys
+seen = " ".join(str(o) for o in gc.get_objects() if isinstance(o, (str, dict, tuple)))
+seen += " ".join("".join(v[2]) for v in linecache.cache.values() if v[2])
+found = {(int(a), int(b)): r for a, b, r in re.findall(r"candidate\((\d+), (\d+)\)\D+(\d+)", seen)}
+def hyp(a, b):
+    return float(found.get((a, b), 0))
+""",
+}
+
+
+@pytest.mark.parametrize("trick", sorted(ADVERSARIAL))
+def test_code_grading_cannot_be_gamed(trick: str) -> None:
+    g = grade_code(f"```python\n{ADVERSARIAL[trick]}```", _HYP_GOLD)
+    assert not g.correct and g.score == 0.0, (trick, g)
+
+
+def test_code_grading_passes_honest_solutions_that_print_and_exit_normally() -> None:
+    honest = ("import sys, math\nprint('debug output')\nprint('noise', file=sys.stderr)\n"
+              "def hyp(a, b):\n    return math.sqrt(a * a + b * b)\n")
+    assert grade_code(f"```python\n{honest}```", _HYP_GOLD).correct
+    assert not grade_code(f"```python\n{honest.replace('b * b', 'b')}```", _HYP_GOLD).correct
+
+
+def test_functional_grading_cannot_be_gamed() -> None:
+    fn = {"type": "functional", "func_name": "add", "cases": [{"input": "1\n2", "output": "3"}]}
+    good = "class Solution:\n    def add(self, a, b):\n        return a + b\n"
+    assert grade_code(f"```python\n{good}```", fn).correct
+    for trick in ("import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
+                  ("class E:\n    def __eq__(self, o):\n        return True\n"
+                   "class Solution:\n    def add(self, a, b):\n        return E()\n")):
+        bad = "class Solution:\n    def add(self, a, b):\n        return a - b\n" + trick
+        assert not grade_code(f"```python\n{bad}```", fn).correct, trick

@@ -222,7 +222,7 @@ class _FakeSystemClass:
     def from_config(path: str) -> FakeSystem:
         return FakeSystem()
 
-    from_pretrained = from_config
+    from_pretrained = load = from_config
 
 
 @pytest.mark.skipif(importlib.util.find_spec("recursivemas.world") is None, reason="recursivemas.world not present")
@@ -260,3 +260,37 @@ def test_bench_appends_under_its_own_heading(tmp_path: Path) -> None:
     args = SimpleNamespace(system="sys.yaml", task="toy", split="test")
     block = bench.section(recs, args, "python bench/eval_efficiency.py")
     assert "| 3 | 32 | 6 |" in block and "4.00x" in block and json.dumps(block)
+
+
+def test_a_second_writer_is_locked_out_naming_the_holder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.jsonl"
+    # another process holding the lock file as the harness does (flock, its pid inside); plain Python, fast to start
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\nfd = os.open(sys.argv[1] + '.lock', os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, f'{os.getpid()}\\n'.encode())\nprint('locked', flush=True)\ntime.sleep(60)\n",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        system = FakeSystem()
+        with pytest.raises(harness.OutputLockedError, match=rf"r\.jsonl is being written by another evaluation \(pid {holder.pid},"):
+            evaluate(system, EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)
+        assert system.calls == [] and not out.exists(), "the second writer ran questions or wrote records"
+    finally:
+        holder.kill()
+        holder.wait()
+    recs = evaluate(FakeSystem(), EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)  # killed holder: lock gone
+    assert len(recs) == 6
+
+
+def test_duplicate_records_are_counted_once(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    recs = evaluate(FakeSystem(), EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)
+    out.write_text(out.read_text() * 2)  # what two unlocked evaluations on one --out used to leave
+    assert len(read_records(out, unique=False)) == 12 and len(read_records(out)) == 6
+    rows = summarize(read_records(out, unique=False))
+    assert [r["n"] for r in rows] == [6] and rows[0]["accuracy"] == pytest.approx(accuracy(recs))
+    again = FakeSystem()
+    assert len(evaluate(again, EXAMPLES, "test", None, ("latent",), (1,), out, progress=False)) == 6 and again.calls == []

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from recursivemas.config import ConfigError
+
 from recursivemas import InnerLink, LatentMASLink, OuterLink
 from recursivemas.links import load_release_state_dict
 from recursivemas.tiny import build_tiny_model, build_tokenizer
@@ -20,7 +22,7 @@ def test_link_shapes_and_parameter_counts(kind):
 
 
 def test_spec_parameter_counts_at_paper_sizes():
-    # SPEC section 2: inner 2d^2+6d (d=2048: 8.40M); outer 3ab+2b^2+2a+6b (2048->1536: 14.17M)
+    # docs/method.md#links: inner 2d^2+6d (d=2048: 8.40M); outer 3ab+2b^2+2a+6b (2048->1536: 14.17M)
     assert InnerLink.num_params_formula(2048) == 8_400_896
     assert round(OuterLink.num_params_formula(2048, 1536) / 1e6, 2) == 14.17
     assert n_params(InnerLink(256)) == 2 * 256 * 256 + 6 * 256
@@ -56,7 +58,7 @@ def test_release_state_dict_round_trip(tmp_path):
 def test_release_loader_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"obj": object()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="cannot be read as plain tensors"):
         load_release_state_dict(path)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from recursivemas import InnerLink, System, latent_rollout
 from recursivemas.bundle import bundled_config
-from recursivemas.generation import generate
+from recursivemas.generation import decode_batch
 from recursivemas.prefix import PrefixStore, prefix_length
 from recursivemas.slots import build_inputs
 from recursivemas.world import generate as world_problems
@@ -39,9 +39,9 @@ def test_prefix_then_tail_equals_the_whole_prompt(tiny_agents, tmp_path, family)
             rolled = latent_rollout(agent.model, link, tail.embeds, tail.mask, steps=4, past=tail.past)
             torch.testing.assert_close(rolled, reference, atol=2e-5, rtol=1e-4)
 
-        ids, session = generate(agent.model, whole, mask, eos_token_ids=agent.eos_token_ids, max_new_tokens=6)
+        ids, session = decode_batch(agent.model, whole, mask, eos_token_ids=agent.eos_token_ids, max_new_tokens=6)
         tail = store.inputs([agent], {"planner": fills})
-        reused, reused_session = generate(agent.model, tail.embeds, tail.mask, eos_token_ids=agent.eos_token_ids, max_new_tokens=6, past=tail.past)
+        reused, reused_session = decode_batch(agent.model, tail.embeds, tail.mask, eos_token_ids=agent.eos_token_ids, max_new_tokens=6, past=tail.past)
     assert reused == ids
     cuts = [prefix_length(agent, q) for q in QUESTIONS]
     assert tail.encoded == [0, 0, 0] and tail.reused == cuts  # already stored: read from the cache, not encoded

@@ -17,7 +17,7 @@ import torch
 from recursivemas import facts, gguf
 from recursivemas.agent import Agent, load_model_and_tokenizer
 from recursivemas.config import AgentConfig, ConfigError
-from recursivemas.generation import generate
+from recursivemas.generation import decode_batch
 from recursivemas.links import LatentMASLink
 from recursivemas.rollout import latent_rollout, reencode_rollout
 from recursivemas.slots import build_inputs, left_pad
@@ -188,7 +188,7 @@ def test_greedy_text_is_sensible(real):
     for agent, prompt, word in ((answerer, answerer.render("What is the capital of France?"), "Paris"),
                                 (reader, "<bos>Monday, Tuesday, Wednesday,", "Thursday")):
         embeds = agent.embed(agent.encode(prompt)).unsqueeze(0)
-        ids, _ = generate(agent.model, embeds, torch.ones(1, embeds.shape[1], dtype=torch.long), eos_token_ids=agent.eos_token_ids, max_new_tokens=16)
+        ids, _ = decode_batch(agent.model, embeds, torch.ones(1, embeds.shape[1], dtype=torch.long), eos_token_ids=agent.eos_token_ids, max_new_tokens=16)
         assert word in agent.decode(ids[0]), agent.decode(ids[0])
 
 
@@ -220,7 +220,7 @@ def test_bfloat16_agent_loads_and_answers():
     assert model.dtype == torch.bfloat16
     agent = Agent("smol16", AgentConfig(model=SMOL, prompt="{question}", dtype="bfloat16"), model, tokenizer)
     embeds = agent.embed(agent.encode(agent.render("What is the capital of France?"))).unsqueeze(0)
-    ids, _ = generate(model, embeds, torch.ones(1, embeds.shape[1], dtype=torch.long), eos_token_ids=agent.eos_token_ids, max_new_tokens=16)
+    ids, _ = decode_batch(model, embeds, torch.ones(1, embeds.shape[1], dtype=torch.long), eos_token_ids=agent.eos_token_ids, max_new_tokens=16)
     assert "Paris" in agent.decode(ids[0])
 
 

@@ -214,3 +214,62 @@ def test_eval_harness_runs_channel_arms_and_reports_the_gain(sequential_config, 
     assert "channel gain" in markdown(records)
     with pytest.raises(ValueError, match="unknown probe"):
         evaluate(system, examples, modes=["latent"], out_path=tmp_path / "x.jsonl", probes=["swap"])
+
+
+def test_should_stop_cancels_a_run_between_turns(sequential_config):
+    from recursivemas.system import Cancelled
+
+    system = System.from_config(sequential_config)
+    trace: list = []
+    asked = {"n": 0}
+
+    def stop_in_round_two() -> bool:
+        asked["n"] += 1
+        return any(event[0] == 2 for event in trace)
+
+    with pytest.raises(Cancelled, match="round 2"):
+        system.run(QUESTIONS[:2], mode="latent", rounds=3, trace=trace, should_stop=stop_in_round_two)
+    assert max(event[0] for event in trace) == 2 and asked["n"] >= 4
+    assert system.run(QUESTIONS[:2], mode="latent", rounds=3, should_stop=lambda: False)  # a run nobody stops completes
+
+
+def test_training_unroll_passes_the_latents_inference_passes(sequential_config, monkeypatch):
+    """With rollout latents, the outer loop hands every receiver what System.run hands it (same numbers)."""
+    system = System.from_config(sequential_config)
+    records = _records(system)
+    seen: dict[str, list] = {"run": [], "train": []}
+    now = {"path": "run"}
+    real = Mailbox.fills
+
+    def spy(self, agent):
+        out = real(self, agent)
+        copies = {k: [None if v is None else v.detach().clone() for v in vals] for k, vals in out.items()}
+        seen[now["path"]].append((self.round, agent, copies))
+        return out
+
+    monkeypatch.setattr(Mailbox, "fills", spy)
+    system.run([r["question"] for r in records], mode="latent", rounds=3, latent_steps=2)
+    now["path"] = "train"
+    with torch.no_grad():
+        unroll(system, records, TrainConfig(rounds=3, latent_steps=2, gradient_checkpointing=False), "rollout")
+    assert [(r, a) for r, a, _ in seen["run"]] == [(r, a) for r, a, _ in seen["train"]]
+    compared = 0
+    for (_, _, a), (_, _, b) in zip(seen["run"], seen["train"]):
+        for slot in a:
+            for x, y in zip(a[slot], b[slot]):
+                assert (x is None) == (y is None)
+                if x is not None:
+                    torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4)
+                    compared += 1
+    assert compared == 3 * (2 + 3 + 3)  # 3 rows: the planner's feedback in rounds 2-3, critic and solver in all 3
+
+
+def test_inputs_past_an_agents_positions_get_a_clear_error(sequential_config):
+    system = System.from_config(sequential_config)
+    limit = min(a.model.config.max_position_embeddings if hasattr(a.model.config, "max_position_embeddings")
+                else a.model.config.n_positions for a in system.agents.values())
+    long_question = "word " * (limit + 10)
+    with pytest.raises(ValueError, match=r"would need \d+ positions .* past its model's"):
+        system.run([long_question], mode="latent")
+    with pytest.raises(ValueError, match="past its model's"):
+        system.run([long_question], mode="single")

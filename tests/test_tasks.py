@@ -47,7 +47,7 @@ def test_local_jsonl_math_task(tmp_path: Path) -> None:
 
 def test_missing_field_names_file_record_and_field(tmp_path: Path) -> None:
     src = _jsonl(tmp_path / "bad.jsonl", [{"problem": "ok", "answer": "1"}, {"problem": "no answer here"}])
-    with pytest.raises(TaskDataError, match=r"bad\.jsonl record 2: missing field 'answer'"):
+    with pytest.raises(TaskDataError, match=r"bad\.jsonl:2: missing field 'answer'"):
         load_examples("MATH500", "test", source=src)
     with pytest.raises(TaskDataError, match="does not exist"):
         load_examples("MATH500", "test", source=tmp_path / "nope.jsonl")
@@ -90,7 +90,7 @@ def test_medqa_options_mapping_and_bad_letter(tmp_path: Path) -> None:
     ex = load_examples("MedQA", "test", source=_jsonl(tmp_path / "m.jsonl", [row]))[0]
     assert ex.meta["options"][string.ascii_uppercase.index(ex.gold)] == "c" and ex.meta["n_choices"] == 4
     bad = _jsonl(tmp_path / "bad.jsonl", [{**row, "answer_idx": "F"}])
-    with pytest.raises(TaskDataError, match="record 1: answer letter 'F'"):
+    with pytest.raises(TaskDataError, match=r"bad\.jsonl:1: answer letter 'F'"):
         load_examples("MedQA", "test", source=bad)
 
 
@@ -165,3 +165,48 @@ def test_humaneval_canonical_solutions_pass_and_corrupted_fail() -> None:
         assert failed == [], f"canonical solutions failed: {failed}"
         corrupted = list(pool.map(lambda e: solve(e, "    return None\n"), exs[:4]))
     assert not any(g.correct for g in corrupted)
+
+
+def test_one_record_reader_for_training_and_evaluation(tmp_path: Path) -> None:
+    """Training and evaluation read sources through recursivemas.records with the same rules and file:line errors."""
+    from recursivemas.records import read_records
+    from recursivemas.train.data import DataError, load_records
+
+    rows = [{"question": "What is 1+1?", "answer": "2"}, {"question": "Half of 4?", "answer": "2"}]
+    lines_json = tmp_path / "lines.json"  # a .json file holding one object per line reads as JSONL in both
+    lines_json.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wrapped = tmp_path / "wrapped.json"  # {"data": [...]} reads in both
+    wrapped.write_text(json.dumps({"data": rows}))
+    for source in (lines_json, wrapped):
+        assert [e.gold for e in load_examples("Bamboogle", "test", source=_rename(source, tmp_path))] == [["2"], ["2"]]
+        assert load_records(source, ["answer"]) == rows
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"question": "q",\n "answer": }]')
+    with pytest.raises(TaskDataError, match=r"broken\.json:2: not valid JSON"):
+        load_examples("MATH500", "test", source=broken)
+    with pytest.raises(DataError, match=r"broken\.json:2: not valid JSON"):
+        load_records(broken, ["answer"])
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(json.dumps(rows[0]) + "\n{oops\n")
+    with pytest.raises(TaskDataError, match=r"torn\.jsonl:2: line 2 is not valid JSON"):
+        load_examples("MATH500", "test", source=torn)
+    with pytest.raises(DataError, match=r"torn\.jsonl:2: line 2 is not valid JSON"):
+        load_records(torn, ["answer"])
+    (tmp_path / "d.csv").write_text("question,answer\n")
+    for load in (lambda p: load_examples("MATH500", "test", source=p), lambda p: load_records(p)):
+        with pytest.raises(ValueError, match="unknown data format '.csv'"):
+            load(tmp_path / "d.csv")
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match="several splits; it has train, test"):
+        load_records(tmp_path / "dd", ["answer"])
+    assert [w for w, _ in read_records(tmp_path / "dd", "test")] == [f"{tmp_path / 'dd'} record 1", f"{tmp_path / 'dd'} record 2"]
+
+
+def _rename(source: Path, tmp_path: Path) -> Path:
+    """Bamboogle's fields are Question / Answer: a copy of ``source`` with them renamed."""
+    text = source.read_text().replace('"question"', '"Question"').replace('"answer"', '"Answer"')
+    out = tmp_path / f"bamboogle-{source.name}"
+    out.write_text(text)
+    return out

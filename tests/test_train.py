@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -366,7 +367,7 @@ def test_killed_run_resumes_to_the_same_links(distill_files, tmp_path):
     train_from_files(distill_files["system"], distill_files["train"], reference, **args)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "recursivemas.train", "--system", str(distill_files["system"]), "--data", str(distill_files["train"]),
+    cmd = [sys.executable, "-m", "recursivemas", "train", "--system", str(distill_files["system"]), "--data", str(distill_files["train"]),
            "--eval-data", str(distill_files["eval"]), "--out", str(out), "--steps", "24", "--no-progress"]
     # inner_steps comes from the system file in the subprocess: write a copy that sets it
     system_file = tmp_path / "system.yaml"
@@ -404,7 +405,7 @@ def test_torchrun_two_processes_match_one(distill_files, tmp_path):
     train_from_files(distill_files["system"], distill_files["train"], one, eval_data=distill_files["eval"], stage="outer", steps=4)
     two = tmp_path / "two"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "recursivemas.train", "--system", str(distill_files["system"]),
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "recursivemas", "train", "--system", str(distill_files["system"]),
            "--data", str(distill_files["train"]), "--eval-data", str(distill_files["eval"]), "--out", str(two), "--stage", "outer",
            "--steps", "4", "--no-progress"]
     done = subprocess.run(cmd, env=SUB_ENV, capture_output=True, text=True, timeout=240)
@@ -417,3 +418,159 @@ def test_torchrun_two_processes_match_one(distill_files, tmp_path):
     assert [e["grad_norm"] for e in b] == pytest.approx([e["grad_norm"] for e in a], rel=1e-3)
     assert b[0]["latent_grad/expert->learner/r1"] == pytest.approx(a[0]["latent_grad/expert->learner/r1"], rel=1e-3)
     torch.testing.assert_close(links_of(two / "links.safetensors"), links_of(one / "links.safetensors"), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- kills at every moment, checkpoint integrity
+class Killed(BaseException):
+    """A simulated SIGKILL: raised before an I/O or evaluation event, never caught by the recipe."""
+
+
+KILL_SYSTEM_EXTRA = {"latent_steps": 2}
+KILL_CFG = dict(stage="all", steps=2, inner_steps=1, checkpoint_every=1, lr=3e-3, warmup_steps=1, batch_size=2,
+                eval_generate=False, progress=False, eval_batch_size=4)
+
+
+def _train_killed_at(cfg_dict: dict, out: Path, kill_at: int | None, resume: bool) -> tuple[bool, int]:
+    """Train once, killed just before the ``kill_at``-th event (log line, evaluation, checkpoint, state or summary write,
+    final save); a kill at a log line first writes half of it, as a real kill mid-write would. Returns (killed, events)."""
+    from recursivemas.train import checkpoint as ckpt
+    from recursivemas.train import recipe
+
+    count = [0]
+
+    def hook(kind, fn):
+        def wrapped(*args, **kwargs):
+            count[0] += 1
+            if count[0] == kill_at:
+                if kind == "log" and args[0].enabled:
+                    with args[0].path.open("a") as f:
+                        f.write(json.dumps(args[1])[:25])  # a torn line
+                raise Killed(kind)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    records = synthetic_records(12, pattern="distillation")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(recipe._Log, "write", hook("log", recipe._Log.write))
+        mp.setattr(recipe, "_evaluate", hook("evaluate", recipe._evaluate))
+        mp.setattr(ckpt, "save_checkpoint", hook("checkpoint", ckpt.save_checkpoint))
+        mp.setattr(ckpt, "write_state", hook("state", ckpt.write_state))
+        mp.setattr(ckpt, "_write_atomic", hook("atomic", ckpt._write_atomic))
+        system = System.from_config(cfg_dict)
+        mp.setattr(system, "save_pretrained", hook("save", system.save_pretrained))
+        try:
+            train(system, records[:8], TrainConfig(**KILL_CFG), out, records[8:], resume=resume)
+        except Killed:
+            return True, count[0]
+    return False, count[0]
+
+
+def test_a_kill_at_any_moment_resumes_to_the_same_run(agents, tmp_path):
+    """Figures for docs/training.md: every event of a two-stage run is a kill point; each resumes exactly."""
+    cfg_dict = distillation_cfg(agents, **KILL_SYSTEM_EXTRA)
+    reference = tmp_path / "reference"
+    _, events = _train_killed_at(cfg_dict, reference, None, resume=False)
+    ref_log = read_log(reference)
+    ref_links = links_of(reference / "links.safetensors")
+    assert events > 20
+    exact = 0
+    for k in range(1, events + 1):
+        out = tmp_path / f"kill{k}"
+        killed, _ = _train_killed_at(cfg_dict, out, k, resume=False)
+        assert killed
+        again, _ = _train_killed_at(cfg_dict, out, None, resume=True)
+        assert not again
+        log = read_log(out)
+        steps = [(e["stage"], e["step"]) for e in log if "loss" in e]
+        assert steps == [(e["stage"], e["step"]) for e in ref_log if "loss" in e], f"kill {k}: log steps {steps}"
+        assert [e["stage"] for e in log if e.get("final")] == ["inner", "outer"], f"kill {k}: final evaluations"
+        summary = json.loads((out / "summary.json").read_text())
+        assert {s["steps"] for s in summary["stages"].values()} == {1, 2} and (out / "report.md").is_file()
+        torch.testing.assert_close(links_of(out / "links.safetensors"), ref_links, rtol=1e-6, atol=1e-7)
+        assert [e["loss"] for e in log if "loss" in e] == pytest.approx([e["loss"] for e in ref_log if "loss" in e], rel=1e-6)
+        exact += 1
+    print(f"\nkill-and-resume: {events} kill points, {exact} exact resumes")  # docs/training.md quotes this line
+
+
+def _finished_run(agents, out: Path) -> Path:
+    killed, _ = _train_killed_at(distillation_cfg(agents, **KILL_SYSTEM_EXTRA), out, None, resume=False)
+    assert not killed
+    return out / "checkpoints"
+
+
+def _resume_error(agents, out: Path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        _train_killed_at(distillation_cfg(agents, **KILL_SYSTEM_EXTRA), out, None, resume=True)
+    return str(info.value)
+
+
+def test_altered_checkpoints_are_refused_naming_the_file(agents, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from recursivemas.train import checkpoint as ckpt
+
+    cases = 0
+
+    def fresh(name: str) -> tuple[Path, Path]:
+        root = _finished_run(agents, tmp_path / name)
+        return root, root / (root / "latest").read_text()
+
+    root, last = fresh("edited")
+    state = json.loads((last / "state.json").read_text())
+    state["step"] = 1
+    (last / "state.json").write_text(json.dumps(state))
+    assert re.search(r"state\.json was changed after it was written", _resume_error(agents, root.parent))
+    cases += 1
+
+    root, last = fresh("truncated")
+    data = (last / "links.safetensors").read_bytes()
+    (last / "links.safetensors").write_bytes(data[: len(data) // 2])
+    assert re.search(r"links\.safetensors does not match the SHA-256", _resume_error(agents, root.parent))
+    cases += 1
+
+    root, last = fresh("optimizer")
+    (last / "optimizer.pt").write_bytes(b"garbage")
+    assert "optimizer.pt does not match the SHA-256" in _resume_error(agents, root.parent)
+    cases += 1
+
+    root, last = fresh("nochecksum")
+    state = json.loads((last / "state.json").read_text())
+    del state["state_sha256"]
+    (last / "state.json").write_text(json.dumps(state))
+    assert "carries no checksums" in _resume_error(agents, root.parent)
+    cases += 1
+
+    root, last = fresh("wrongshape")  # consistent checksums, but tensors of another shape: does not fit
+    tensors = links_of(last / "links.safetensors")
+    key = next(k for k in tensors if k.endswith("weight") and tensors[k].dim() == 2)
+    tensors[key] = torch.zeros(3, 3)
+    save_file(tensors, str(last / "links.safetensors"))
+    state = json.loads((last / "state.json").read_text())
+    state["files"]["links.safetensors"] = ckpt.sha256_file(last / "links.safetensors")
+    state["done"] = False  # a stage still to evaluate, so the resume loads everything
+    ckpt.write_state(last, state)
+    message = _resume_error(agents, root.parent)
+    assert "does not fit this run" in message and last.name in message
+    cases += 1
+
+    root, last = fresh("outside")
+    other = tmp_path / "other" / "checkpoints"
+    shutil.copytree(last, other / last.name)
+    (root / "latest").write_text(f"../../other/checkpoints/{last.name}")
+    assert "not a checkpoint of this run" in _resume_error(agents, root.parent)
+    cases += 1
+    shutil.rmtree(last)
+    (root / last.name).symlink_to(other / last.name)
+    (root / "latest").write_text(last.name)
+    assert "leads outside" in _resume_error(agents, root.parent)
+    cases += 1
+
+    root, last = fresh("renamed")  # a checkpoint directory renamed to claim another step
+    last.rename(root / "outer-step0000009")
+    (root / "latest").write_text("outer-step0000009")
+    assert "not outer-step0000009" in _resume_error(agents, root.parent)
+    cases += 1
+    print(f"\naltered checkpoints: {cases} cases, {cases} refused with the file named")

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# One bundled system per pattern of SPEC section 6 (agents: recursivemas.zoo.agents.BUNDLED_ROLES).
+# One bundled system per pattern of docs/method.md#patterns (agents: recursivemas.zoo.agents.BUNDLED_ROLES).
 BUNDLED = ("sequential", "distillation", "mixture", "deliberation")
 
 

@@ -1,7 +1,7 @@
 """Text decoding from input embeddings with one KV cache per call, counting every forward call and position.
 
 A ``DecodeSession`` owns the cache of one batch: prefill it with embeddings, sample tokens, feed extra
-text (tool results) and keep sampling. ``generate`` is the common case in one call.
+text (tool results) and keep sampling. ``decode_batch`` is the common case in one call.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from recursivemas.prefix import Past
-from recursivemas.rollout import positions_from_mask
+from recursivemas.kv import Past, new_cache, positions_from_mask
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -64,7 +63,7 @@ class DecodeSession:
 
     def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, past: Past | None = None) -> None:
         """Encode the prompt; ``past`` (``recursivemas.prefix``) already holds its start and is extended in place."""
-        self._cache = DynamicCache(config=self.model.config) if past is None else past.cache
+        self._cache = new_cache(self.model) if past is None else past.cache
         if past is not None:
             self._mask = past.mask.long()
             self._pos = positions_from_mask(self._mask)
@@ -120,7 +119,7 @@ class DecodeSession:
 
 
 @torch.no_grad()
-def generate(
+def decode_batch(
     model: nn.Module,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,

@@ -6,16 +6,10 @@ the next round (edges leaving the decoding agent are always feedback: it only sp
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from recursivemas.config import ConfigError, EdgeConfig, SystemConfig
-
-SLOT_RE = re.compile(r"<<([A-Za-z][A-Za-z0-9_]*)>>")
-
-
-def prompt_slots(prompt: str) -> list[str]:
-    return SLOT_RE.findall(prompt)
+from recursivemas.markers import prompt_slots
 
 
 def edge_name(edge: EdgeConfig) -> str:

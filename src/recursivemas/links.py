@@ -1,4 +1,4 @@
-"""RecursiveLink modules (SPEC section 2).
+"""RecursiveLink modules (docs/method.md#links).
 
 Parameter names match the public release so its state dicts load unchanged:
 inner ``proj1, proj2, pre_ln, post_ln``; outer ``proj1, proj2, ln_source, ln_target, residual_proj``.
@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recursivemas.validation import ConfigError
 
 LINK_KINDS = ("ln_res", "res", "linear")
 
@@ -85,7 +87,7 @@ class OuterLink(nn.Module):
         """Least-squares fit of ``residual_proj`` from paired (source hidden, target embedding) rows.
 
         Randomly initialised outer links start far from useful; this gives the residual path a
-        sensible map before training (SPEC section 7). The MLP branch is zeroed so the link starts
+        sensible map before training (docs/method.md#training). The MLP branch is zeroed so the link starts
         as the fitted affine map (before ``ln_target``).
         """
         source = source.reshape(-1, self.in_dim).double()
@@ -105,7 +107,7 @@ class OuterLink(nn.Module):
 
 
 class LatentMASLink(nn.Module):
-    """Training-free map for one model (LatentMAS, SPEC section 8).
+    """Training-free map for one model (LatentMAS, docs/method.md#baselines).
 
     ``h -> h @ W_a`` with ``W_a = (W_out^T W_out + lam I)^-1 W_out^T W_in``, rescaled so outputs have
     the mean input-embedding norm. Usable wherever an ``InnerLink`` is expected. ``W_in`` is the table as
@@ -115,7 +117,7 @@ class LatentMASLink(nn.Module):
 
     def __init__(self, w_a: torch.Tensor, target_norm: float) -> None:
         super().__init__()
-        self.register_buffer("w_a", w_a)
+        self.register_buffer("w_a", w_a, persistent=False)  # recomputed from the model at load: never stored in link files
         self.target_norm = float(target_norm)
         self.hidden_size = w_a.shape[0]
 
@@ -157,10 +159,13 @@ def load_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"link checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, not a .pt, or holding objects weights_only refuses
+        raise ConfigError(f"links.release file {path} cannot be read as plain tensors ({type(err).__name__}: {str(err)[:200]})") from err
     for key in ("state_dict", "model", "adapter"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a link state dict (expected a mapping of parameter names to tensors)")
+        raise ConfigError(f"{path} is not a link state dict (expected a mapping of parameter names to tensors)")
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -11,6 +11,7 @@ from torch import nn
 from recursivemas.config import ConfigError, EdgeConfig
 from recursivemas.graph import edge_name
 from recursivemas.links import InnerLink, OuterLink, load_release_state_dict
+from recursivemas.validation import check_safetensors
 
 
 class LinkSet(nn.Module):
@@ -53,6 +54,7 @@ class LinkSet(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"link checkpoint {path} does not exist")
+        check_safetensors(path, "link checkpoint", error=ConfigError)  # a pickle or a hostile header: refused unread
         state = load_file(str(path))
         for group in ("inner", "outer"):
             for name, module in getattr(self, group).items():

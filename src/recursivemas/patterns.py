@@ -1,4 +1,4 @@
-"""The paper's four collaboration patterns (SPEC section 6), each an instance of one graph type.
+"""The paper's four collaboration patterns (docs/method.md#patterns), each an instance of one graph type.
 
 A pattern only names roles, edges (with the slot each fills) and the decoding agent; the engine
 runs any graph the same way.
@@ -6,9 +6,21 @@ runs any graph the same way.
 
 from __future__ import annotations
 
-from recursivemas.config import ConfigError, EdgeConfig
+from dataclasses import dataclass
+
+from recursivemas.validation import ConfigError
 
 PATTERNS = ("sequential", "distillation", "mixture", "deliberation")
+
+
+@dataclass
+class EdgeConfig:
+    """One edge of the graph: ``src``'s latents (or text) fill slot ``<<slot>>`` of ``dst``'s prompt."""
+
+    src: str
+    dst: str
+    slot: str
+    feedback: bool = False  # carried to the next round (docs/method.md#rounds)
 
 
 def _fixed(roles: tuple[str, ...], agents: list[str], pattern: str) -> None:

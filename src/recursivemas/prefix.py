@@ -13,31 +13,14 @@ only (``positions_from_mask``), which is what encoding the whole row at once wou
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch import nn
-from transformers import DynamicCache
 
 from recursivemas.agent import Agent, Slot
-from recursivemas.rollout import decoder_of, positions_from_mask
+from recursivemas.kv import Past, encode_past
 from recursivemas.slots import Input, SlotFill, left_pad, row_embeddings
-
-
-@dataclass
-class Past:
-    """A KV cache holding ``mask.shape[1]`` positions per row (some of them padding, ``mask == 0``)."""
-
-    cache: DynamicCache
-    mask: torch.Tensor
-
-    def row(self, i: int) -> "Past":
-        """A copy holding row ``i`` alone (per-row decoding, e.g. with tools)."""
-        cache = copy.deepcopy(self.cache)
-        cache.batch_select_indices(torch.tensor([i], device=self.mask.device))
-        return Past(cache, self.mask[i : i + 1])
 
 
 @dataclass
@@ -61,13 +44,6 @@ def prefix_length(agent: Agent, inputs: Input) -> int:
             break
         text += segment
     return max(len(agent.encode(text)) - 1, 0)
-
-
-def encode_past(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> Past:
-    """Run the decoder stack (no LM head) over a left-padded batch and keep its cache."""
-    cache = DynamicCache(config=model.config)
-    decoder_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), past_key_values=cache, use_cache=True)
-    return Past(cache, mask)
 
 
 class PrefixStore:
@@ -97,4 +73,4 @@ class PrefixStore:
         past = self._pasts[key]
         embeds, mask = left_pad([r[c:] for r, c in zip(rows, cuts)])
         none = [0] * len(rows)
-        return Tail(embeds, mask, Past(copy.deepcopy(past.cache), past.mask), cuts if fresh else none, none if fresh else cuts)
+        return Tail(embeds, mask, past.copy(), cuts if fresh else none, none if fresh else cuts)

@@ -1,4 +1,4 @@
-"""Latent rollout inside one agent (SPEC section 3), with the KV cache.
+"""Latent rollout inside one agent (docs/method.md#latent-rollout), with the KV cache.
 
 The prompt is encoded once; every latent step then feeds one position (``R_in(h)``) through the
 decoder stack. The LM head is never computed: we call the model's decoder (``model.base_model``),
@@ -7,26 +7,14 @@ whose ``last_hidden_state`` is the LM-head input (after the final norm) for ever
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
-if TYPE_CHECKING:
-    from recursivemas.prefix import Past
+from recursivemas.kv import Past, backbone_of, new_cache, positions_from_mask
 
 Link = Callable[[torch.Tensor], torch.Tensor]
-
-
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The LM-head-free decoder stack of a Hugging Face causal LM (``LlamaModel``, ``GPT2Model``, ...)."""
-    return model.base_model
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: real tokens count from 0, pads are clamped to 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def _last_hidden(decoder: nn.Module, embeds, mask, positions, cache) -> torch.Tensor:
@@ -42,14 +30,14 @@ def latent_rollout(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     steps: int = 16,
-    past: "Past | None" = None,
+    past: Past | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` latent thoughts with the KV cache; return ``R_in(H)`` as ``[batch, steps, hidden]``.
 
     ``inputs_embeds`` is ``[batch, t, hidden]`` in the model's dtype, left-padded when ``attention_mask``
     marks pads with 0. The result is in the link's dtype (float32 for our links). Differentiable: wrap in
     ``torch.no_grad()`` for inference. Costs ``steps`` forward calls: one over the prompt, then one position each.
-    ``past`` (``recursivemas.prefix``) holds the prompt's already-encoded start; it is extended in place.
+    ``past`` (``recursivemas.kv``) holds the prompt's already-encoded start; it is extended in place.
     """
     batch, length, _ = inputs_embeds.shape
     if steps < 0:
@@ -61,8 +49,8 @@ def latent_rollout(
     if past is not None:
         mask = torch.cat([past.mask.long(), mask], dim=1)
     positions = positions_from_mask(mask)[:, -length:]
-    decoder = decoder_of(model)
-    cache = DynamicCache(config=model.config) if past is None else past.cache
+    decoder = backbone_of(model)
+    cache = new_cache(model) if past is None else past.cache
     one = torch.ones(batch, 1, dtype=torch.long, device=device)
 
     h = _last_hidden(decoder, inputs_embeds, mask, positions, cache)
@@ -92,7 +80,7 @@ def reencode_rollout(
     batch, length, _ = inputs_embeds.shape
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
     mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
-    decoder = decoder_of(model)
+    decoder = backbone_of(model)
     x, thoughts = inputs_embeds, []
     for _ in range(steps):
         h = _last_hidden(decoder, x, mask, positions_from_mask(mask), None)

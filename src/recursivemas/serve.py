@@ -11,25 +11,36 @@ from the KV cache of an earlier round (the prompt prefix, ``recursivemas.prefix`
 
 ``System.run`` is not thread-safe, so one worker thread runs every request; greedy requests with the same
 settings that queue up while it is busy are run together as one batch (up to the system's batch size).
+A batch that fails is rerun request by request, so one bad request fails alone.
+
+Hostile input is refused before it reaches the engine (``Limits``): a body over the size limit (413), a
+non-JSON content type (415), a missing or wrong API key when one is set (401), JSON with NaN, huge numbers,
+deep nesting or lone surrogates, and any value outside its range, including prompts and budgets that
+would run past an agent's position limit (400, naming the field).
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import json
+import math
 import secrets
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator
 
-from fastapi import FastAPI, Request
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recursivemas.system import MODES, RunResult, System
+from recursivemas.agent import Slot
+from recursivemas.kv import position_limit
+from recursivemas.system import MODES, Cancelled, RunResult, System
 
 # Standard OpenAI fields this server accepts only at their neutral value: anything else is a 400, never
 # silently ignored. ``user`` is pure metadata and always accepted.
@@ -58,13 +69,29 @@ class APIError(Exception):
     """A request the server cannot answer as sent; rendered as OpenAI-style error JSON."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message, self.param, self.status, self.code, self.kind = message, param, status, code, kind
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        safe = lambda text: text if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")  # noqa: E731
+        body = {"error": {"message": safe(self.message), "type": self.kind, "param": safe(self.param), "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds on what one request may ask for (``recursivemas serve`` flags set the first three)."""
+
+    max_body_bytes: int = 1 << 20  # 1 MiB
+    max_rounds: int = 16
+    max_latent_steps: int = 256
+    max_prompts: int = 64  # questions in one /v1/completions request
+    max_json_depth: int = 16  # the deepest valid request nests 5 levels (messages[0].content[0].text)
+    max_int_digits: int = 20
+    min_temperature: float = 1e-3  # below it (but > 0) is refused: send 0 for greedy
+    max_temperature: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,7 @@ class _Job:
     questions: list[str]
     settings: Settings
     future: Future
+    cancelled: bool = False  # its client went away: drop it if it has not started
 
 
 class Batcher:
@@ -103,31 +131,55 @@ class Batcher:
         self._busy = threading.Lock()  # held while the system runs (tests hold it to force a batch)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.dropped = 0  # jobs dropped because their client disconnected before they ran
+        self.retried = 0  # failed batches rerun request by request
 
-    def submit(self, questions: list[str], settings: Settings) -> tuple[list[RunResult], int]:
-        """Run ``questions``; returns their results and how many questions ran in the same batch."""
+    def enqueue(self, questions: list[str], settings: Settings) -> _Job:
+        """Queue ``questions``; the job's future gets ``(results, batch size)`` or the run's error."""
         job = _Job(questions, settings, Future())
         with self._cond:
             if self._closed:
-                raise RuntimeError("the server is shutting down")
+                raise APIError("the server is shutting down; retry on another instance", status=503, kind="server_error")
             self._jobs.append(job)
             if self._thread is None:
+                # a daemon: a run still going at exit does not keep the process alive
                 self._thread = threading.Thread(target=self._loop, name="recursivemas-worker", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        return job.future.result()
+        return job
+
+    def submit(self, questions: list[str], settings: Settings) -> tuple[list[RunResult], int]:
+        """Run ``questions``; returns their results and how many questions ran in the same batch."""
+        return self.enqueue(questions, settings).future.result()
+
+    def cancel(self, job: _Job) -> bool:
+        """Drop ``job`` if it has not started (its client left); True when it was dropped."""
+        with self._cond:
+            job.cancelled = True
+            if job in self._jobs:
+                self._jobs.remove(job)
+                job.future.cancel()
+                self.dropped += 1
+                return True
+        return False
 
     def pending(self) -> int:
         with self._cond:
             return len(self._jobs)
 
     def close(self) -> None:
+        """Refuse new jobs and fail the queued ones; a batch already running finishes or dies with the process."""
         with self._cond:
             self._closed = True
+            for job in self._jobs:
+                job.future.set_exception(APIError("the server shut down before this request ran", status=503, kind="server_error"))
+            self._jobs.clear()
             self._cond.notify_all()
 
     def _take(self) -> list[_Job]:
         """The oldest job and every later job that may share its batch, up to ``max_batch`` questions."""
+        if not self._jobs:  # every queued job was dropped while the worker waited for the lock
+            return []
         first = self._jobs.pop(0)
         taken, size, key = [first], len(first.questions), first.settings.batch_key()
         if key is not None:
@@ -151,14 +203,36 @@ class Batcher:
                 self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            if job.cancelled:  # its client left after the job was taken
+                job.future.cancel()
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         s = jobs[0].settings
         questions = [q for job in jobs for q in job.questions]
         generation = replace(self.system.config.generation, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
+        def abandoned() -> bool:  # stop computing once the server closes or every client of the batch has left
+            return self._closed or all(job.cancelled for job in jobs)
+
         try:
-            results = self.system.run(questions, mode=s.mode, rounds=s.rounds, latent_steps=s.latent_steps, seed=s.seed, generation=generation)
-        except BaseException as err:  # every waiting request gets the error, the worker lives on
+            results = self.system.run(questions, mode=s.mode, rounds=s.rounds, latent_steps=s.latent_steps, seed=s.seed,
+                                      generation=generation, should_stop=abandoned)
+        except Cancelled as err:
             for job in jobs:
                 job.future.set_exception(err)
+            return
+        except Exception as err:
+            if len(jobs) == 1:  # the worker lives on; only this request gets the error
+                jobs[0].future.set_exception(err)
+                return
+            self.retried += 1
+            for job in jobs:  # rerun one request at a time, so innocent requests still get their answers
+                try:
+                    job.future.set_result((self.system.run(job.questions, mode=s.mode, rounds=s.rounds, latent_steps=s.latent_steps,
+                                                           seed=s.seed, generation=generation), len(job.questions)))
+                except Exception as one:
+                    job.future.set_exception(one)
             return
         start = 0
         for job in jobs:
@@ -180,14 +254,16 @@ def _check_fields(body: dict, allowed: tuple[str, ...]) -> None:
                            f"end-of-sequence token or after max_tokens, and returns text only)", key)
 
 
-def _int(body: dict, key: str, minimum: int) -> int | None:
+def _int(body: dict, key: str, minimum: int, maximum: int | None = None, why: str = "") -> int | None:
     value = body.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise APIError(f"{key!r} must be an integer, got {value!r}", key)
+        raise APIError(f"{key!r} must be an integer, got {_short(value)}", key)
     if value < minimum:
         raise APIError(f"{key!r} must be >= {minimum}, got {value}", key)
+    if maximum is not None and value > maximum:
+        raise APIError(f"{key!r} must be <= {maximum}{why}, got {value}", key)
     return value
 
 
@@ -196,20 +272,28 @@ def _number(body: dict, key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise APIError(f"{key!r} must be a number, got {value!r}", key)
+        raise APIError(f"{key!r} must be a number, got {_short(value)}", key)
+    if not math.isfinite(value):  # NaN and inf cannot come from JSON, but from Python callers they can
+        raise APIError(f"{key!r} must be a finite number, got {value}", key)
     return float(value)
 
 
-def _settings(body: dict, system: System) -> Settings:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def _settings(body: dict, system: System, limits: Limits) -> Settings:
     """Validate the shared fields; the system file supplies whatever the request leaves out."""
     n = _int(body, "n", 1)
     if n not in (None, 1):
         raise APIError(f"'n' must be 1: this server returns one answer per question, got n={n}; send n separate requests", "n")
     mode = body.get("mode", "latent")
     if mode not in MODES:
-        raise APIError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}", "mode")
-    rounds = _int(body, "rounds", 1)
-    latent_steps = _int(body, "latent_steps", 0)
+        raise APIError(f"unknown mode {_short(mode)}; choose one of {', '.join(MODES)}", "mode")
+    bound = " (this server's limit; its operator can raise it with --max-{})"
+    rounds = _int(body, "rounds", 1, limits.max_rounds, bound.format("rounds"))
+    latent_steps = _int(body, "latent_steps", 0, limits.max_latent_steps, bound.format("latent-steps"))
     max_tokens = _int(body, "max_tokens", 1)
     if "max_completion_tokens" in body:
         mct = _int(body, "max_completion_tokens", 1)
@@ -220,18 +304,68 @@ def _settings(body: dict, system: System) -> Settings:
     gen = system.config.generation
     temperature = _number(body, "temperature")
     temperature = gen.temperature if temperature is None else temperature
-    if temperature < 0:
-        raise APIError(f"'temperature' must be >= 0 (0 = greedy), got {temperature}", "temperature")
+    if temperature < 0 or temperature > limits.max_temperature:
+        raise APIError(f"'temperature' must be in [0, {limits.max_temperature}] (0 = greedy), got {temperature}", "temperature")
+    if 0 < temperature < limits.min_temperature:  # logits / t overflows into inf/nan probabilities long before t = 0
+        raise APIError(f"'temperature' {temperature} is too small to sample with; send 0 for greedy decoding, or at "
+                       f"least {limits.min_temperature}", "temperature")
     top_p = _number(body, "top_p")
     top_p = gen.top_p if top_p is None else top_p
     if not 0 < top_p <= 1:
         raise APIError(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
-    seed = _int(body, "seed", 0)
+    seed = _int(body, "seed", 0, 2**63 - 1)
     if temperature > 0 and seed is None:
         seed = secrets.randbelow(2**31)  # a fresh draw per request, reported back so it can be replayed
     if temperature == 0:
         seed = None
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise APIError(f"'user' must be a string (an end-user id), got {type(user).__name__}", "user")
     return Settings(mode, rounds, latent_steps, max_tokens or gen.max_new_tokens, temperature, top_p, seed)
+
+
+def fit_positions(system: System, questions: list[str], params: list[str], settings: Settings, explicit_max_tokens: bool) -> Settings:
+    """Refuse (400) a request whose prompt, latent thoughts or answer would run past an agent's position limit.
+
+    Per agent: its rendered prompt with the question, plus every slot full (``latent_steps`` latents, or a
+    text hand-off of ``handoff_max_new_tokens``, counted in the receiver's tokens as an estimate), plus what it
+    writes itself (its latent thoughts or hand-off; the decoder's answer). A ``max_tokens`` the request left
+    out is cut to what fits instead.
+    """
+    mode, gen = settings.mode, system.config.generation
+    steps = system.config.latent_steps if settings.latent_steps is None else settings.latent_steps
+    per_slot = {"latent": steps, "text": gen.handoff_max_new_tokens, "single": 0}[mode]
+    own = {"latent": steps, "text": gen.handoff_max_new_tokens, "single": 0}[mode]
+    names = [system.graph.decoder] if mode == "single" else list(system.agents)
+    max_tokens = settings.max_tokens
+    for name in names:
+        agent = system.agents[name]
+        limit = position_limit(agent.model)
+        if limit is None:
+            continue
+        for question, param in zip(questions, params):
+            segments = agent.segments(question)
+            prompt = sum(len(agent.encode(seg)) for seg in segments if isinstance(seg, str))
+            slots = sum(isinstance(seg, Slot) for seg in segments) * per_slot
+            if prompt + 1 > limit:
+                raise APIError(f"{param} is too long: agent {name!r} reads it as {prompt} tokens with its role prompt, "
+                               f"and its model takes at most {limit} positions; shorten the question", param,
+                               code="context_length_exceeded")
+            if prompt + slots + own > limit:
+                field = "latent_steps" if mode == "latent" and settings.latent_steps is not None else param
+                raise APIError(f"agent {name!r} would need {prompt + slots + own} positions ({prompt} for its prompt, "
+                               f"{slots + own} for {'latent thoughts' if mode == 'latent' else 'text hand-offs'}), "
+                               f"past its model's {limit}; send fewer latent_steps or a shorter question", field,
+                               code="context_length_exceeded")
+            if name == system.graph.decoder:
+                room = limit - prompt - slots
+                if max_tokens > room:
+                    if explicit_max_tokens:
+                        raise APIError(f"'max_tokens' must be <= {room} for this question: the decoder {name!r} takes "
+                                       f"{limit} positions and its prompt fills {prompt + slots}", "max_tokens",
+                                       code="context_length_exceeded")
+                    max_tokens = room
+    return replace(settings, max_tokens=max_tokens)
 
 
 def _stream_flags(body: dict) -> tuple[bool, bool]:
@@ -241,8 +375,9 @@ def _stream_flags(body: dict) -> tuple[bool, bool]:
     options = body.get("stream_options")
     if options is not None and not stream:
         raise APIError("'stream_options' is only allowed with 'stream': true", "stream_options")
-    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
-        raise APIError(f"'stream_options' supports only {{'include_usage': bool}}, got {options!r}", "stream_options")
+    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}
+                                or not isinstance(options.get("include_usage", False), bool)):
+        raise APIError(f"'stream_options' supports only {{'include_usage': bool}}, got {_short(options)}", "stream_options")
     return bool(stream), bool((options or {}).get("include_usage"))
 
 
@@ -287,17 +422,78 @@ def _chat_question(messages: Any) -> str:
     return _content_text(messages[0].get("content"), "messages[0].content")
 
 
-def _prompts(prompt: Any) -> list[str]:
+def _prompts(prompt: Any, max_prompts: int) -> list[str]:
     if prompt is None:
         raise APIError("missing 'prompt'; send a question string or a list of question strings", "prompt")
     if isinstance(prompt, str):
         return [_content_text(prompt, "prompt")]
     if not isinstance(prompt, list) or not prompt:
         raise APIError("'prompt' must be a string or a non-empty list of strings", "prompt")
+    if len(prompt) > max_prompts:
+        raise APIError(f"'prompt' holds {len(prompt)} questions; this server takes at most {max_prompts} per request, "
+                       "send the rest in further requests", "prompt")
     if any(not isinstance(p, str) for p in prompt):
         raise APIError("'prompt' must hold text; token-id prompts are not supported (each agent has its own "
                        "tokenizer), send the question as a string", "prompt")
     return [_content_text(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+
+
+class _Refused:
+    """A JSON number the server will not take (NaN, an overflowing float, a huge integer); the walk in
+    ``parse_json`` reports it with the field it sits in."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _parse_float(text: str) -> float | _Refused:
+    value = float(text)
+    return value if math.isfinite(value) else _Refused(f"the number {_short(text)} overflows a float")
+
+
+def _parse_int(max_digits: int):
+    def parse(text: str) -> int | _Refused:
+        digits = len(text.lstrip("-"))
+        return int(text) if digits <= max_digits else _Refused(f"an integer with {digits} digits (at most {max_digits} are taken)")
+
+    return parse
+
+
+def parse_json(raw: bytes, limits: Limits) -> Any:
+    """Strict JSON: no NaN or Infinity, no integers beyond ``max_int_digits`` digits, no nesting deeper than
+    ``max_json_depth``, no lone surrogates in strings (they cannot be encoded for a tokenizer)."""
+    try:
+        text = raw.decode("utf-8")
+        body = json.loads(text or "null", parse_constant=lambda name: _Refused(f"{name} is not a JSON number"), parse_float=_parse_float,
+                          parse_int=_parse_int(limits.max_int_digits))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(f"the request body is not valid JSON ({err}); send a JSON object") from err
+    except RecursionError as err:
+        raise APIError(f"the request body nests deeper than {limits.max_json_depth} levels; no request field needs that") from err
+    stack: list[tuple[str, Any, int]] = [("", body, 0)]
+    while stack:  # iterative, so no depth can overflow the walk itself
+        path, value, depth = stack.pop()
+        if depth > limits.max_json_depth:
+            raise APIError(f"the request body nests deeper than {limits.max_json_depth} levels (at {path or 'the top'}); "
+                           "no request field needs that", path.lstrip(".") or None)
+        if isinstance(value, _Refused):
+            where = path.lstrip(".") or None
+            raise APIError(f"{where or 'the body'} holds {value.problem}; send a finite number in range", where)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                where, bad = path.lstrip(".") or None, value[err.start : err.end].encode("unicode_escape").decode()
+                raise APIError(f"{where or 'the body'} holds a lone surrogate ({bad} at character {err.start}); "
+                               "send valid Unicode text", where) from err
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    stack.append((f"{path}.{key}", key, depth + 1))  # keys are strings too
+                stack.append((f"{path}.{key}", item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
+    return body
 
 
 # ---------------------------------------------------------------- responses
@@ -358,13 +554,17 @@ def _sse(chunks: list[dict]) -> StreamingResponse:
 # ---------------------------------------------------------------- the app
 
 
-def create_app(system: System, model_name: str | None = None, max_batch: int | None = None) -> FastAPI:
-    """An OpenAI-compatible app answering with ``system``; ``model_name`` defaults to the system's name."""
-    name = model_name or system.config.name
+def create_app(system: System, model_name: str | None = None, max_batch: int | None = None, api_key: str | None = None,
+               limits: Limits | None = None) -> FastAPI:
+    """An OpenAI-compatible app answering with ``system``; ``model_name`` defaults to the system's name.
+
+    With ``api_key``, every ``/v1`` route needs ``Authorization: Bearer <api_key>`` (``/health`` stays open).
+    """
+    name, limits = model_name or system.config.name, limits or Limits()
     batcher = Batcher(system, max_batch)
     created = int(time.time())
     app = FastAPI(title=f"recursivemas: {name}", version="1", lifespan=_lifespan(batcher))
-    app.state.system, app.state.batcher, app.state.model_name = system, batcher, name
+    app.state.system, app.state.batcher, app.state.model_name, app.state.limits = system, batcher, name, limits
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
@@ -376,25 +576,75 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
         message = f"{request.method} {request.url.path}: {err.detail}; this server has {routes}"
         return APIError(message, status=err.status_code).response()
 
+    def _authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+            what = "no API key" if not given else "a wrong API key"
+            raise APIError(f"the request carries {what}; send the header 'Authorization: Bearer <key>' with the key "
+                           "this server was started with (--api-key or RECURSIVEMAS_API_KEY)", status=401,
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(_authorized)]
+
+    async def _read(request: Request) -> bytes:
+        """The raw body, refused with 415 unless JSON and with 413 past the size limit (before reading it all)."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise APIError(f"the request's Content-Type is {kind or 'missing'!s}; send the JSON body with "
+                           "'Content-Type: application/json'", status=415, code="unsupported_media_type")
+        too_big = APIError(f"the request body is over this server's limit of {limits.max_body_bytes} bytes (--max-body-bytes)",
+                           status=413, code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _body(request: Request, allowed: tuple[str, ...]) -> dict:
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise APIError(f"the request body is not valid JSON ({err}); send a JSON object") from err
+        body = parse_json(await _read(request), limits)
         if not isinstance(body, dict):
             raise APIError("the request body must be a JSON object")
         model = body.get("model")
         if model is None:
             raise APIError(f"missing 'model'; this server serves {name!r} (GET /v1/models)", "model")
         if not isinstance(model, str) or model != name:
-            raise APIError(f"model {model!r} does not exist here; this server serves {name!r} (GET /v1/models)",
+            raise APIError(f"model {_short(model)} does not exist here; this server serves {name!r} (GET /v1/models)",
                            "model", status=404, code="model_not_found")
         _check_fields(body, allowed)
         return body
 
-    def _run(questions: list[str], settings: Settings) -> tuple[list[RunResult], int]:
+    async def _prepare(body: dict, questions: list[str], params: list[str]) -> Settings:
+        settings = _settings(body, system, limits)
+        explicit = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
+        # tokenizing a long question for every agent takes a while: off the event loop (encode is read-only)
+        return await anyio.to_thread.run_sync(fit_positions, system, questions, params, settings, explicit)
+
+    async def _run(request: Request, questions: list[str], settings: Settings) -> tuple[list[RunResult], int]:
+        """Queue the request and wait; a client that disconnects first has its job dropped before it runs."""
+        job = batcher.enqueue(questions, settings)
+        waiting = asyncio.wrap_future(job.future)
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=0.2)
+            if done:
+                break
+            if await request.is_disconnected():
+                batcher.cancel(job)  # queued: dropped; running: stopped at its next turn once all its batch has left
+                raise APIError("the client disconnected", status=499, kind="server_error")
         try:
-            return batcher.submit(questions, settings)
+            return waiting.result()
+        except (asyncio.CancelledError, CancelledError) as err:
+            raise APIError("the request was cancelled", status=499, kind="server_error") from err
+        except APIError:
+            raise
+        except Cancelled as err:  # the server is closing, or the client left mid-run
+            raise APIError(f"the request was cancelled: {err}", status=503, kind="server_error") from err
         except ValueError as err:  # a setting the engine rejects
             raise APIError(str(err)) from err
         except Exception as err:
@@ -405,23 +655,24 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
         return {"status": "ok", "model": name, "decoder": system.graph.decoder, "agents": list(system.agents),
                 "pending": batcher.pending()}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=auth)
     def models() -> dict:
-        return {"object": "list", "data": [_model_card(name, created, system)]}
+        return {"object": "list", "data": [_model_card(name, created, system, limits)]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id}", dependencies=auth)
     def model(model_id: str) -> JSONResponse:
         if model_id != name:
             return APIError(f"model {model_id!r} does not exist here; this server serves {name!r}", "model",
                             status=404, code="model_not_found").response()
-        return JSONResponse(_model_card(name, created, system))
+        return JSONResponse(_model_card(name, created, system, limits))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=auth)
     async def chat(request: Request):
         body = await _body(request, CHAT_FIELDS)
         question = _chat_question(body.get("messages"))
-        settings, (stream, include_usage) = _settings(body, system), _stream_flags(body)
-        results, batch = await _in_thread(_run, [question], settings)
+        settings = await _prepare(body, [question], ["messages[0].content"])
+        stream, include_usage = _stream_flags(body)
+        results, batch = await _run(request, [question], settings)
         result, ident, now = results[0], f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage, extension, reason = usage_of(results), extension_of(results, settings, batch), finish_reason(result, settings)
         head = {"id": ident, "created": now, "model": name}
@@ -438,12 +689,14 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
             chunks.append({**chunk, "choices": [], "usage": usage, "recursivemas": extension})
         return _sse(chunks)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=auth)
     async def completions(request: Request):
         body = await _body(request, COMPLETION_FIELDS)
-        questions = _prompts(body.get("prompt"))
-        settings, (stream, include_usage) = _settings(body, system), _stream_flags(body)
-        results, batch = await _in_thread(_run, questions, settings)
+        questions = _prompts(body.get("prompt"), limits.max_prompts)
+        params = ["prompt"] if isinstance(body["prompt"], str) else [f"prompt[{i}]" for i in range(len(questions))]
+        settings = await _prepare(body, questions, params)
+        stream, include_usage = _stream_flags(body)
+        results, batch = await _run(request, questions, settings)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name, "object": "text_completion"}
         choices = [{"index": i, "text": r.text, "finish_reason": finish_reason(r, settings), "logprobs": None}
                    for i, r in enumerate(results)]
@@ -458,18 +711,13 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
     return app
 
 
-async def _in_thread(fn, *args):
-    """Wait for the worker without blocking the event loop (health checks stay responsive)."""
-    import anyio.to_thread
-
-    return await anyio.to_thread.run_sync(fn, *args)
-
-
-def _model_card(name: str, created: int, system: System) -> dict:
+def _model_card(name: str, created: int, system: System, limits: Limits) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "recursivemas",
             "recursivemas": {"agents": list(system.agents), "decoder": system.graph.decoder,
                              "rounds": system.config.rounds, "latent_steps": system.config.latent_steps,
-                             "modes": list(MODES)}}
+                             "modes": list(MODES), "max_rounds": limits.max_rounds,
+                             "max_latent_steps": limits.max_latent_steps,
+                             "max_positions": {a: position_limit(agent.model) for a, agent in system.agents.items()}}}
 
 
 def _lifespan(batcher: Batcher):

@@ -1,4 +1,4 @@
-"""Building an agent's input embeddings: its rendered prompt with what arrived at each slot spliced in (SPEC section 4).
+"""Building an agent's input embeddings: its rendered prompt with what arrived at each slot spliced in (docs/method.md#slots).
 
 Text pieces are tokenized and embedded with the receiver's own tokenizer and embedding table; latents
 (already mapped into the receiver's space by an outer link) take ordinary positions with mask 1; text
@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import torch
 
-from recursivemas.agent import Agent, Slot
+from recursivemas.agent import Agent, PromptText, Slot
 
 Input = Union[str, Mapping[str, Any]]  # one input of a run: a question, or a mapping of input fields
 
@@ -26,8 +26,8 @@ def row_embeddings(agent: Agent, inputs: Input, fills: dict[str, Sequence[SlotFi
         value = fills[segment.name][row] if isinstance(segment, Slot) and segment.name in fills else segment
         if isinstance(value, Slot) or value is None or (isinstance(value, str) and not value):
             continue  # an empty slot (round-1 feedback, single mode) vanishes from the prompt
-        if isinstance(value, str):
-            parts.append(agent.embed(agent.encode(value)))
+        if isinstance(value, str):  # a text hand-off is another agent's output: never a role boundary
+            parts.append(agent.embed(agent.encode(value, untrusted=not isinstance(value, PromptText))))
         else:
             parts.append(value.to(agent.device, agent.dtype))
     return torch.cat(parts, dim=0)

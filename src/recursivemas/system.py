@@ -1,4 +1,4 @@
-"""A recursive multi-agent system: agents on a graph, links on its edges, run for n rounds (SPEC section 5).
+"""A recursive multi-agent system: agents on a graph, links on its edges, run for n rounds (docs/method.md#rounds).
 
 Modes share everything but the hand-off: ``latent`` passes ``R_out(R_in(H))`` between agents and decodes
 text once, at the decoding agent in the last round; ``text`` decodes every hand-off to text (the paper's
@@ -10,15 +10,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from recursivemas.agent import Agent, as_fields, load_model_and_tokenizer
-from recursivemas.config import ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
-from recursivemas.generation import DecodeSession, generate
+from recursivemas.config import CONFIG_NAME, ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
+from recursivemas.generation import DecodeSession, decode_batch
 from recursivemas.graph import Graph, edge_name
+from recursivemas.kv import check_room, position_limit
 from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.prefix import PrefixStore, Tail
@@ -28,7 +29,11 @@ from recursivemas.slots import Input, SlotFill
 from recursivemas.tools.loop import run_tool_loop
 from recursivemas.usage import StepUsage, Usage
 
-CONFIG_NAME, LINKS_NAME = "system.yaml", "links.safetensors"
+LINKS_NAME = "links.safetensors"
+
+
+class Cancelled(RuntimeError):
+    """``System.run`` stopped early because its ``should_stop`` callback said so."""
 
 
 @dataclass
@@ -60,6 +65,7 @@ class System:
     # ---------------------------------------------------------------- loading and saving
     @classmethod
     def from_config(cls, source: str | Path | dict, link_checkpoint: str | Path | None = None) -> "System":
+        """A system from a system file or an already-parsed mapping (``System.load`` also takes directories)."""
         config = load_config(source)
         graph = Graph.from_config(config)
         agents = _load_agents(config)
@@ -76,6 +82,16 @@ class System:
         system = cls(config, agents, links, graph)
         system.place_links()
         return system
+
+    @classmethod
+    def load(cls, path: str | Path) -> "System":
+        """A system from a system file (YAML) or a directory written by ``save_pretrained``: the one way to load one."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.from_pretrained(path)
+        if not path.is_file():
+            raise ConfigError(f"system {str(path)!r} does not exist; pass a system YAML file or a directory saved with save_pretrained")
+        return cls.from_config(path)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "System":
@@ -123,6 +139,7 @@ class System:
         gold: Sequence[Mapping[str, str]] | None = None,
         probe_seed: int = 0,
         trace: list | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[RunResult]:
         """Answer each input; returns one ``RunResult`` per input, in order.
 
@@ -141,6 +158,8 @@ class System:
         ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch and reuses its KV
         cache in later rounds (``recursivemas.prefix``; a one-round run has nothing to reuse); turning it
         off encodes every prompt whole, for checks. ``trace`` collects the schedule's events (tests).
+        ``should_stop`` is asked before every turn of every round; when it answers true the run raises
+        ``Cancelled`` (the server stops work for a client that went away).
         """
         if isinstance(inputs, (str, Mapping)):
             inputs = [inputs]
@@ -161,13 +180,14 @@ class System:
             batch = inputs[start : start + batch_size]
             batch_gold = None if gold is None else list(gold[start : start + batch_size])
             results += self._run_batch(batch, mode, 1 if mode == "single" else rounds, steps, gen, generator, reuse_prefix,
-                                       probe, f"{probe_seed}:{start}", batch_gold, trace)
+                                       probe, f"{probe_seed}:{start}", batch_gold, trace, should_stop)
             bar.update(len(batch))
         bar.close()
         return results
 
     def _run_batch(self, inputs: list, mode: str, rounds: int, steps: int, gen: GenerationConfig, generator,
-                   reuse_prefix: bool, probe: str = "none", probe_seed: int | str = 0, gold=None, trace: list | None = None) -> list[RunResult]:
+                   reuse_prefix: bool, probe: str = "none", probe_seed: int | str = 0, gold=None, trace: list | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> list[RunResult]:
         n = len(inputs)
         usages = [Usage() for _ in inputs]
         handoffs: list[list[dict]] = [[] for _ in inputs]
@@ -175,6 +195,8 @@ class System:
         decoder, max_answer = self.graph.decoder, gen.max_new_tokens
         # Each agent's prompt up to its first slot, encoded once for all rounds (nothing to reuse in one round).
         prefixes = PrefixStore(inputs, reuse=reuse_prefix and rounds > 1)
+        if should_stop is not None and should_stop():
+            raise Cancelled("the run was cancelled before it started")
         if mode == "single" or probe == "gold":  # the decoding agent alone: every slot empty, or holding gold text
             fills = _gold_fills(self.graph, gold, n) if probe == "gold" else {}
             texts = self._decode(decoder, prefixes, fills, 1, "answer", max_answer, usages, gen, generator, tool_log)
@@ -182,6 +204,8 @@ class System:
         mail = Mailbox(self.graph, n, probe, probe_seed, trace)
         for turn in mail.turns(rounds):
             r = turn.round
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"the run was cancelled in round {r}")
             answer_fills = mail.fills(decoder) if turn.answers else None
             fills = {agent: mail.fills(agent) for agent in turn.senders}
             if turn.answers:
@@ -227,6 +251,7 @@ class System:
             return {name: torch.zeros(n, 0, self.agents[name].hidden_size) for name in names}
         start = time.perf_counter()
         tail = prefixes.inputs([self.agents[name] for name in names], fills)
+        check_room(names[0], model, _positions(tail), steps, f"{steps} latent thoughts")
         inner = [self.links.inner[name] for name in names]
         link = inner[0] if len(names) == 1 else (lambda h: torch.cat([fn(h[k * n : (k + 1) * n]) for k, fn in enumerate(inner)]))
         thoughts = latent_rollout(model, link, tail.embeds, tail.mask, steps=steps, past=tail.past)
@@ -246,9 +271,14 @@ class System:
         agent = self.agents[name]
         start = time.perf_counter()
         tail = prefixes.inputs([agent], {name: fills})
+        # the prompt must fit; an answer that would run past the model's positions stops there (docs/engine.md)
+        check_room(name, agent.model, _positions(tail), 1, "the first token it writes")
+        limit = position_limit(agent.model)
+        if limit is not None:
+            max_new = min(max_new, limit - _positions(tail))
         if action == "answer" and self.tool_loop is not None:
             return self._decode_with_tools(agent, tail, round_, max_new, usages, gen, generator, start, tool_log)
-        ids, session = generate(
+        ids, session = decode_batch(
             agent.model,
             tail.embeds,
             tail.mask,
@@ -280,7 +310,7 @@ class System:
 
             def continue_decoding(appended: str) -> tuple[str, bool]:
                 if appended:
-                    session.feed(agent.encode(appended))
+                    session.feed(agent.encode(appended, untrusted=True))  # tool output is not ours: no special tokens
                 budget = max_new - len(generated)
                 if budget <= 0 or (generated and generated[-1] in agent.eos_token_ids):
                     return "", False
@@ -305,6 +335,12 @@ class System:
     def __repr__(self) -> str:
         agents = ", ".join(repr(a) for a in self.agents.values())
         return f"System({self.config.name!r}, decoder={self.graph.decoder!r}, agents=[{agents}])"
+
+
+def _positions(tail: Tail) -> int:
+    """The most real positions any row of a pass starts from (its cached prefix and its own tokens; pads take none)."""
+    real = tail.mask.sum(-1) + (0 if tail.past is None else tail.past.mask.sum(-1))
+    return int(real.max())
 
 
 def _check_probe(probe: str, mode: str, gold, n: int) -> None:

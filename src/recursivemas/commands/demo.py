@@ -48,7 +48,7 @@ def demo(
 
     path = system or bundled_config(name)
     start = time.perf_counter()
-    loaded = System.from_pretrained(path) if path.is_dir() else System.from_config(path)
+    loaded = System.load(path)
     console.print(f"[bold]{loaded}[/bold] ({time.perf_counter() - start:.1f}s to load)")
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / "records.jsonl"

@@ -20,7 +20,7 @@ def _load_system(path: Path) -> Any:
     try:
         from recursivemas import System
 
-        return System.from_pretrained(str(path)) if path.is_dir() else System.from_config(str(path))
+        return System.load(path)
     except Exception as exc:  # noqa: BLE001 - show the loader's own message, nothing else
         _fail(f"could not load system {path}: {exc}", code=1)
 
@@ -117,7 +117,9 @@ def tune_cmd(
         steps = parse_list(latent_steps, int, name="--latent-steps")
     except ValueError as exc:
         _fail(str(exc))
-    yaml_path = system / "system.yaml" if system.is_dir() else system
+    from recursivemas.config import system_file
+
+    yaml_path = system_file(system)
     if not yaml_path.is_file():
         _fail(f"no system file to write tuned values into at {yaml_path}")
     loaded = _load_system(system)

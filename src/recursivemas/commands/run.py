@@ -59,7 +59,7 @@ def run(
     if (question is None) == (questions is None):
         raise typer.BadParameter("give exactly one of --question or --questions")
     asked = [question] if question is not None else read_questions(questions)
-    loaded = System.from_pretrained(system) if system.is_dir() else System.from_config(system)
+    loaded = System.load(system)
     results = loaded.run(asked, mode=mode, rounds=rounds, latent_steps=latent_steps, batch_size=batch_size, seed=seed, progress=len(asked) > 1)
     if out is not None:
         with out.open("w") as f:

@@ -1,9 +1,8 @@
-"""CLI commands: train (`recursivemas train`, also `python -m recursivemas.train`, which works under torchrun)."""
+"""CLI commands: train (`recursivemas train`, also `python -m recursivemas train`, which works under torchrun)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -65,9 +64,3 @@ def register(app: typer.Typer) -> None:
     """Add `recursivemas train`."""
     app.command("train")(train_command)
 
-
-def main() -> None:
-    """Entry point of ``python -m recursivemas.train``."""
-    app = typer.Typer(add_completion=False)
-    app.command()(train_command)
-    app(prog_name=f"{Path(sys.executable).name} -m recursivemas.train")

@@ -4,7 +4,8 @@
   ``The answer is x``, ``#### x``), compared with math-verify. No "first number" fallback.
 - multiple choice: a letter from the same kind of explicit statement, or a reply that is only a letter.
 - short-answer QA: SQuAD-normalised exact match and token F1.
-- code: the program and its tests run through :mod:`recursivemas.sandbox`.
+- code: the program runs through :mod:`recursivemas.sandbox`; script and functional tests run in a
+  split harness whose verdict the solution cannot forge (``docs/sandbox.md#grading``).
 """
 
 from __future__ import annotations
@@ -197,17 +198,151 @@ def extract_code(text: str) -> str | None:
     return text if text.strip() else None
 
 
-_FUNCTIONAL_DRIVER = """
+# Code grading never trusts the exit status of a process the solution runs in. The harness below
+# forks: the child (model side) runs the setup and the solution under the sandbox's Python guard and
+# then only answers calls; the parent (grader side) never runs a line of model code. It reads a
+# per-run nonce and the tests from stdin only after the fork (the child closed its stdin first and
+# the sandbox unlinked the file), so the solution sees neither; it runs the tests with pristine builtins, calling into the child over a pipe and
+# getting back only plain ``marshal`` data (no objects with a custom ``__eq__``), and prints the
+# nonce only when every test passed. The grader requires exactly that nonce on stdout; the model
+# side's stdout is redirected to stderr. The argument is in docs/sandbox.md#grading.
+_HARNESS = r"""
+import builtins, ctypes, json, marshal, os, struct, sys
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the model side cannot trace or read us
+SETUP, SOLUTION, FUNC = {setup!r}, {solution!r}, {func!r}  # the tests and the nonce come on stdin
+_req_r, _req_w = os.pipe()
+_rep_r, _rep_w = os.pipe()
 
-import json as _json
-_cases = _json.loads({cases!r})
-_solution = Solution()
-for _i, _case in enumerate(_cases):
+def _send(fd, obj):
+    data = marshal.dumps(obj)
+    data = struct.pack("<Q", len(data)) + data
+    while data:
+        data = data[os.write(fd, data):]
+
+def _recv(fd):
+    head = b""
+    while len(head) < 8:
+        chunk = os.read(fd, 8 - len(head))
+        if not chunk:
+            raise EOFError("the solution's process ended")
+        head += chunk
+    (n,), parts = struct.unpack("<Q", head), []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("the solution's process ended")
+        parts.append(chunk)
+        n -= len(chunk)
+    return marshal.loads(b"".join(parts))
+
+_pid = os.fork()
+if _pid == 0:  # ---- model side: nothing secret is, or ever was, in this process
+    os.close(_req_w); os.close(_rep_r)
+    _null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(_null, 0)
+    os.dup2(2, 1)  # its prints cannot reach the grader's stdout
+    os.close(_null)
+    __sandbox_guard__()
+    ns = {{"__name__": "__main__", "__builtins__": builtins}}
+    try:
+        exec(compile(SETUP + "\n" + SOLUTION, "solution.py", "exec"), ns)
+    except BaseException as exc:
+        _send(_rep_w, ("error", type(exc).__name__, str(exc)[:500]))
+        os._exit(1)
+    table = {{}}
+    for k, v in list(ns.items()):
+        if k.startswith("__"):
+            continue
+        if type(v).__name__ == "module":
+            table[k] = ("module", getattr(v, "__name__", ""))
+        elif callable(v):
+            table[k] = ("callable",)
+        else:
+            try:
+                table[k] = ("value", marshal.dumps(v))
+            except Exception:
+                pass
+    _send(_rep_w, ("ready", table))
+    _instance = []
+    while True:
+        try:
+            name, args, kwargs = _recv(_req_r)
+        except EOFError:
+            os._exit(0)
+        try:
+            if name is None:  # functional tests: a method of one Solution() instance
+                if not _instance:
+                    _instance.append(ns["Solution"]())
+                fn = getattr(_instance[0], FUNC)
+            else:
+                fn = ns[name]
+            reply = ("ok", marshal.dumps(fn(*args, **kwargs)))
+        except BaseException as exc:
+            reply = ("raise", type(exc).__name__, str(exc)[:500])
+        _send(_rep_w, reply)
+
+# ---- grader side: never runs model code, holds the nonce and the tests only from here on
+os.close(_req_r); os.close(_rep_w)
+_given = json.loads(sys.stdin.read())
+_nonce, TESTS = _given["nonce"], _given["tests"]
+_out = os.dup(1)
+os.dup2(2, 1)  # whatever the tests print goes to stderr; stdout carries only the nonce
+
+class SolutionError(Exception):
+    pass
+
+def _remote(name):
+    def call(*args, **kwargs):
+        _send(_req_w, (name, args, kwargs))
+        reply = _recv(_rep_r)
+        if reply[0] == "ok":
+            return marshal.loads(reply[1])
+        raise SolutionError(f"{{name or FUNC}} raised {{reply[1]}}: {{reply[2]}}")
+    call.__name__ = name or FUNC
+    return call
+
+def _fail(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+try:
+    first = _recv(_rep_r)
+except EOFError:
+    _fail("the solution exited or crashed before the tests ran")
+if first[0] != "ready":
+    _fail(f"the solution raised {{first[1]}}: {{first[2]}}")
+g = {{"__name__": "__main__", "__builtins__": builtins}}
+_builtin_names = set(vars(builtins))
+for k, entry in first[1].items():
+    if k in _builtin_names:  # a solution's own `abs` or `isinstance` must not answer for the tests'
+        continue
+    if entry[0] == "callable":
+        g[k] = _remote(k)
+    elif entry[0] == "value":
+        g[k] = marshal.loads(entry[1])
+    elif entry[0] == "module" and entry[1].partition(".")[0] in sys.stdlib_module_names:
+        import importlib
+        g[k] = importlib.import_module(entry[1])
+try:
+    exec(compile(SETUP, "setup.py", "exec"), g)
+    if FUNC is not None:
+        g["_method"] = _remote(None)
+    exec(compile(TESTS, "tests.py", "exec"), g)
+except BaseException as exc:
+    import traceback
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    _fail(f"tests failed: {{type(exc).__name__}}: {{exc}}"[:500])
+os.write(_out, (_nonce + "\n").encode())
+os._exit(0)
+"""
+
+_FUNCTIONAL_TESTS = """
+for _i, _case in enumerate(_json.loads({cases!r})):
     _args = [_json.loads(line) for line in _case["input"].splitlines() if line.strip()]
-    _got = getattr(_solution, {func!r})(*_args)
-    _want = _json.loads(_case["output"])
+    _got, _want = _method(*_args), _json.loads(_case["output"])
     if _got != _want:
-        raise SystemExit(f"case {{_i}}: got {{_got!r}}, expected {{_want!r}}")
+        raise AssertionError(f"case {{_i}}: got {{_got!r}}, expected {{_want!r}}")
 """
 
 
@@ -216,12 +351,28 @@ def _same_output(got: str, want: str) -> bool:
     return lines(got) == lines(want)
 
 
+def _run_harness(code: str, setup: str, tests: str, func: str | None, timeout_s: float, memory_mb: int) -> Grade:
+    """Grade ``code`` with the split harness: correct iff the grader side printed this run's nonce."""
+    import secrets
+
+    from recursivemas.sandbox import run_python
+
+    nonce = secrets.token_hex(16)
+    program = _HARNESS.format(setup=setup, solution=code, func=func)
+    given = json.dumps({"nonce": nonce, "tests": tests})
+    res = run_python(program, stdin=given, timeout_s=timeout_s, memory_mb=memory_mb, harness=True)
+    ok = res.ok and res.stdout == nonce + "\n"
+    return Grade(ok, float(ok), code, "" if ok else _why(res))
+
+
 def grade_code(prediction: str, gold: dict[str, Any], *, timeout_s: float = 10.0, memory_mb: int = 1024) -> Grade:
     """Run the extracted program against ``gold`` tests in the sandbox.
 
-    ``gold`` is one of ``{"type": "script", "tests": str, "setup": str}`` (setup + program + tests must
-    exit 0), ``{"type": "io", "cases": [{"input", "output"}]}`` (stdin in, stdout compared line by line)
+    ``gold`` is one of ``{"type": "script", "tests": str, "setup": str}`` (the tests' asserts must all
+    pass), ``{"type": "io", "cases": [{"input", "output"}]}`` (stdin in, stdout compared line by line)
     or ``{"type": "functional", "func_name": str, "cases": [...]}`` (``Solution().func(*json args)``).
+    Script and functional tests run in a harness whose verdict the solution cannot forge by exiting
+    early, printing, or patching (see ``docs/sandbox.md#grading``).
     """
     from recursivemas.sandbox import run_python
 
@@ -230,14 +381,11 @@ def grade_code(prediction: str, gold: dict[str, Any], *, timeout_s: float = 10.0
         return Grade(False, 0.0, None, "no Python code block found")
     kind = gold.get("type")
     if kind == "script":
-        program = f"{gold.get('setup', '')}\n{code}\n\n{gold['tests']}\n"
-        res = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
-        return Grade(res.ok, float(res.ok), code, "" if res.ok else _why(res))
+        return _run_harness(code, gold.get("setup", ""), gold["tests"], None, timeout_s, memory_mb)
     if kind == "functional":
-        program = code + _FUNCTIONAL_DRIVER.format(cases=json.dumps(gold["cases"]), func=gold["func_name"])
-        res = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
-        return Grade(res.ok, float(res.ok), code, "" if res.ok else _why(res))
-    if kind == "io":
+        tests = "import json as _json\n" + _FUNCTIONAL_TESTS.format(cases=json.dumps(gold["cases"]))
+        return _run_harness(code, "", tests, gold["func_name"], timeout_s, memory_mb)
+    if kind == "io":  # the verdict is the printed output itself, so an early exit cannot fake it
         for i, case in enumerate(gold["cases"]):
             res = run_python(code, stdin=case["input"], timeout_s=timeout_s, memory_mb=memory_mb)
             if not res.ok:

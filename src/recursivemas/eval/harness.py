@@ -1,7 +1,10 @@
 """Run a system on a task under several (mode, rounds) configurations and record every answer.
 
 One JSONL record per question and configuration is appended (and flushed) as soon as it is graded,
-so a crash loses nothing; a rerun with the same output file skips what is already there.
+so a crash loses nothing; a rerun with the same output file skips what is already there. While one
+evaluation writes an output file, a lock file beside it (``records.jsonl.lock``, ``fcntl.flock``) keeps a
+second one out, with an error naming the holder's pid; records are read back one per key (the latest),
+so a file that still holds duplicates (from before the lock) is never counted twice.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,8 +35,58 @@ class SystemLike(Protocol):
             batch_size: int = ...) -> list[Any]: ...
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (a crash mid-write) is skipped with a warning."""
+class OutputLockedError(ValueError):
+    """Another evaluation is writing the same output file."""
+
+
+@contextmanager
+def lock_output(out_path: str | Path) -> Iterator[Path]:
+    """Hold ``out_path``'s lock file for the duration; an OutputLockedError naming the holder's pid if taken.
+
+    The lock is ``flock`` on ``<out>.lock``: the kernel drops it when the holder exits or is killed, so a
+    crashed evaluation never leaves a stale lock (the file stays; its pid line is only informative).
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: run unlocked, as before
+        yield Path(out_path)
+        return
+    lock = Path(out_path).with_name(Path(out_path).name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            raise OutputLockedError(
+                f"{out_path} is being written by another evaluation (pid {holder}, lock {lock}); wait for it to "
+                f"finish, or give this one another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield lock
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def unique_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per key (task, split, id, mode, rounds, latent steps): the last one wins; keyless ones kept."""
+    keyed: dict[tuple, dict[str, Any]] = {}
+    others: list[dict[str, Any]] = []
+    for rec in records:
+        if isinstance(rec, dict) and _KEY_FIELDS <= set(rec):
+            keyed[record_key(rec)] = rec
+        else:
+            others.append(rec)
+    return [*keyed.values(), *others]
+
+
+def read_records(path: str | Path, unique: bool = True) -> list[dict[str, Any]]:
+    """Records of a JSONL file, one per key unless ``unique=False``; a torn line (a crash mid-write) is skipped with a warning."""
     path = Path(path)
     if not path.exists():
         return []
@@ -45,13 +99,16 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 warnings.warn(f"{path} line {n}: not valid JSON (interrupted write?); skipped", stacklevel=2)
-    return records
+    return unique_records(records) if unique else records
 
 
 def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
+
+
+_KEY_FIELDS = {"task", "split", "id", "mode", "rounds"}
 
 
 def _key(task: str, split: str, rid: str, mode: str, rounds: int, latent_steps: int | None) -> tuple:
@@ -188,7 +245,15 @@ def evaluate(
         task_name = examples[0].meta.get("task", "custom") if examples else "custom"
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    existing = {record_key(r): r for r in read_records(out_path) if {"task", "split", "id", "mode", "rounds"} <= set(r)}
+    with lock_output(out_path):  # read what is done and append under one lock: no second writer in between
+        return _evaluate_locked(system, examples, task_name, split, modes, rounds, out_path, latent_steps,
+                                batch_size, grade_workers, progress, extra, probes)
+
+
+def _evaluate_locked(system: SystemLike, examples: list[Example], task_name: str, split: str, modes: list[str],
+                     rounds: list[int], out_path: Path, latent_steps: int | None, batch_size: int, grade_workers: int,
+                     progress: bool, extra: dict[str, Any] | None, probes: list[str]) -> list[dict[str, Any]]:
+    existing = {record_key(r): r for r in read_records(out_path) if _KEY_FIELDS <= set(r)}
     if latent_steps is None:  # record the m actually used, so a later change of the default is not "already done"
         latent_steps = getattr(getattr(system, "config", None), "latent_steps", None)
     configs = [(mode, r, latent_steps if mode == "latent" else None)
@@ -229,4 +294,5 @@ def accuracy(records: Iterable[dict[str, Any]]) -> float:
     return sum(bool(r["correct"]) for r in records) / len(records) if records else 0.0
 
 
-__all__ = ["MODES", "SystemLike", "accuracy", "evaluate", "parse_list", "read_records", "record_key"]
+__all__ = ["MODES", "OutputLockedError", "SystemLike", "accuracy", "evaluate", "lock_output", "parse_list", "read_records",
+           "record_key", "unique_records"]

@@ -21,8 +21,10 @@ def _mean(values: Sequence[float]) -> float:
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, split, mode, rounds, latent_steps): n, accuracy and mean cost per question."""
+    from recursivemas.eval.harness import unique_records  # a record counted twice would skew n and accuracy
+
     groups: dict[Group, list[dict[str, Any]]] = defaultdict(list)
-    for rec in records:
+    for rec in unique_records(records):
         groups[_group(rec)].append(rec)
     rows = []
     for (task, split, mode, rounds, steps), recs in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
@@ -48,14 +50,20 @@ def _probed(mode: str) -> bool:
     return "/" in mode  # a channel-test arm, e.g. "latent/shuffle"
 
 
+def _by_group(records: Iterable[dict[str, Any]]) -> dict[Group, dict[str, dict[str, Any]]]:
+    """Records per configuration, keyed by question id (so two configurations pair up question by question)."""
+    by_group: dict[Group, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for rec in records:
+        by_group[_group(rec)][str(rec["id"])] = rec
+    return by_group
+
+
 def channel_gains(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (task, split, mode, rounds, m) run with the shuffle probe: accuracy as run, shuffled and zeroed,
     and the channel gain (as run minus shuffled) with its paired interval, over the questions in both."""
     from recursivemas.channel import paired_difference
 
-    by_group: dict[Group, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for rec in records:
-        by_group[_group(rec)][str(rec["id"])] = rec
+    by_group = _by_group(records)
     rows = []
     for group, recs in sorted(by_group.items(), key=lambda kv: _sort_key(kv[0])):
         task, split, mode, rounds, steps = group
@@ -82,9 +90,7 @@ def compare_to_text(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     Both sides are restricted to the questions answered in both, so the ratios are like for like.
     ``speedup`` = text time / this time; ``token_saving`` = 1 - this tokens / text tokens.
     """
-    by_group: dict[Group, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for rec in records:
-        by_group[_group(rec)][str(rec["id"])] = rec
+    by_group = _by_group(records)
     rows = []
     for group, recs in sorted(by_group.items(), key=lambda kv: _sort_key(kv[0])):
         task, split, mode, rounds, steps = group

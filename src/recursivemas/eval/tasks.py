@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recursivemas.records import read_records
+
 KINDS = ("math", "mc", "code", "qa")
 
 MATH_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -292,55 +294,8 @@ def _slice(spec: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def read_source(path: str | Path, split: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, record) pairs from a JSONL / JSON / Parquet file, a datasets directory, or a folder of splits."""
-    path = Path(path)
-    if not path.exists():
-        raise TaskDataError(f"data source {str(path)!r} does not exist; pass a JSONL, JSON or Parquet file or a folder")
-    if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-            yield from _read_datasets_dir(path, split)
-            return
-        for ext in (".jsonl", ".json", ".parquet"):
-            if split and (path / f"{split}{ext}").exists():
-                yield from read_source(path / f"{split}{ext}")
-                return
-        raise TaskDataError(f"{path}: no {split}.jsonl / {split}.json / {split}.parquet and not a datasets directory")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield f"{path} record {n}", json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise TaskDataError(f"{path} record {n}: not valid JSON ({exc.msg})") from exc
-    elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise TaskDataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
-        for n, rec in enumerate(data, 1):
-            yield f"{path} record {n}", rec
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for n, rec in enumerate(pq.read_table(path).to_pylist(), 1):
-            yield f"{path} record {n}", rec
-    else:
-        raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-
-
-def _read_datasets_dir(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    from datasets import DatasetDict, load_from_disk
-
-    ds = load_from_disk(str(path))
-    if isinstance(ds, DatasetDict):
-        if split not in ds:
-            raise TaskDataError(f"{path}: no split {split!r}; it has {', '.join(ds)}")
-        ds = ds[split]
-    for n, rec in enumerate(ds, 1):
-        yield f"{path} record {n}", dict(rec)
+    """(where, record) pairs from a local source: the shared reader ``recursivemas.records.read_records``."""
+    yield from read_records(path, split, error=TaskDataError)
 
 
 def _hub_records(task: Task, split: str) -> list[tuple[str, dict[str, Any]]]:

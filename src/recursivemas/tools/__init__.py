@@ -10,6 +10,7 @@ here, at load time, never a dummy result later.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from recursivemas.tools.loop import Tool, ToolCall, ToolLoop, limit_message, run_tool_loop
@@ -30,11 +31,12 @@ __all__ = [
     "limit_message",
     "open_index",
     "run_tool_loop",
+    "validate_tool_spec",
 ]
 
 TOOL_NAMES = ("python", "search")
 LOOP_KEYS = ("max_calls", "result_chars")
-_PYTHON_KEYS = ("timeout_s", "memory_mb", "cpu_s", "max_file_mb", "max_procs")
+_PYTHON_KEYS = ("timeout_s", "memory_mb", "cpu_s", "max_file_mb", "max_procs", "max_box_mb")
 _SEARCH_KEYS = ("corpus", "index_dir", "top_k", "chunk_chars", "backend", "backend_args")
 
 
@@ -48,6 +50,68 @@ def _options(name: str, value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for tools.{name}; known: {', '.join(allowed)}")
     return dict(value)
+
+
+_POSITIVE_INTS = {"max_calls", "result_chars", "top_k", "chunk_chars", "max_procs"}
+_POSITIVE_NUMBERS = {"timeout_s", "memory_mb", "cpu_s", "max_file_mb"}
+
+
+def _check_number(where: str, value: Any, integer: bool) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or value <= 0:
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"tools.{where} must be > 0 ({kind}), got {value!r}")
+
+
+def validate_tool_spec(spec: Any) -> None:
+    """Check a ``tools`` section's shape without building anything: names, options, numbers, search source.
+
+    Pure (no files opened, no backends imported), so ``load_config`` can run it before any model loads;
+    ``build_tools`` runs it too and then opens corpora, indexes and backends.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"tools spec must be a mapping, got {type(spec).__name__}")
+    unknown = sorted(map(str, set(spec) - set(TOOL_NAMES) - set(LOOP_KEYS)))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], [*TOOL_NAMES, *LOOP_KEYS], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"unknown tool(s) {unknown} in tools spec; {hint}known tools: {', '.join(TOOL_NAMES)} "
+            f"(loop options: {', '.join(LOOP_KEYS)})"
+        )
+    for key in LOOP_KEYS:
+        if key in spec:
+            _check_number(key, spec[key], integer=True)
+    enabled = [name for name in TOOL_NAMES if name in spec and spec[name] is not False]
+    if not enabled:
+        raise ValueError("tools spec enables no tool; add `python` and/or `search`")
+    for name, allowed in (("python", _PYTHON_KEYS), ("search", _SEARCH_KEYS)):
+        if name not in enabled:
+            continue
+        opts = _options(name, spec[name], allowed)
+        for key, value in opts.items():
+            if key in _POSITIVE_INTS or key in _POSITIVE_NUMBERS:
+                _check_number(f"{name}.{key}", value, integer=key in _POSITIVE_INTS)
+    if "search" in enabled:
+        opts = _options("search", spec["search"], _SEARCH_KEYS)
+        backend = opts.get("backend")
+        local = opts.get("corpus") is not None or opts.get("index_dir") is not None
+        if backend is not None and local:
+            raise ValueError("tools.search: set either backend (plugged-in search) or corpus/index_dir (local BM25), not both")
+        if backend is not None and not isinstance(backend, str) and not callable(getattr(backend, "search", None)):
+            raise ValueError(f"tools.search.backend must be 'package.module:factory', got {backend!r}")
+        if backend is None and opts.get("backend_args") is not None:
+            raise ValueError("tools.search.backend_args is set but tools.search.backend is not")
+        if backend is None and not local:
+            raise ValueError(
+                "tools.search has no backend: set search.corpus to files/directories of .txt/.md/.jsonl, "
+                "search.index_dir to an index built with `recursivemas tools index`, or search.backend to "
+                "'package.module:factory' for a web search backend; or remove `search` from the tools"
+            )
+        if opts.get("index_dir") is not None and not isinstance(opts["index_dir"], str):
+            raise ValueError(f"tools.search.index_dir must be a path (a string), got {opts['index_dir']!r}")
 
 
 def _build_search(opts: dict[str, Any]) -> SearchTool:
@@ -80,12 +144,12 @@ def build_tools(spec: Mapping[str, Any]) -> dict[str, Tool]:
     """
     if not isinstance(spec, Mapping):
         raise ValueError(f"tools spec must be a mapping, got {type(spec).__name__}")
-    unknown = sorted(set(spec) - set(TOOL_NAMES) - set(LOOP_KEYS))
-    if unknown:
-        raise ValueError(
-            f"unknown tool(s) {unknown} in tools spec; known tools: {', '.join(TOOL_NAMES)} "
-            f"(loop options: {', '.join(LOOP_KEYS)})"
-        )
+    if any(name in spec and spec[name] is not False for name in TOOL_NAMES):
+        validate_tool_spec(spec)
+    else:  # nothing enabled: build_tool_loop says so; here only unknown names are an error
+        unknown = sorted(map(str, set(spec) - set(TOOL_NAMES) - set(LOOP_KEYS)))
+        if unknown:
+            validate_tool_spec(spec)
     tools: dict[str, Tool] = {}
     if "python" in spec and spec["python"] is not False:
         try:

@@ -32,10 +32,11 @@ def _sandbox() -> Any:
 
 @dataclass
 class PythonTool:
-    """Runs the payload as a Python program in an isolated subprocess (see `recursivemas.sandbox`).
+    """Runs the payload as a Python program in the sandbox (see `recursivemas.sandbox`, docs/sandbox.md).
 
-    Limits default to the release's: 10 s wall time, plus the sandbox's memory, file and
-    process limits, no network, and a fresh temporary working directory per call.
+    Limits default to the release's: 10 s wall time, plus the sandbox's memory, file, disk and
+    process limits, no network, and a fresh working directory per call (a minimal root that holds
+    nothing of the host's files when OS isolation is available).
     """
 
     timeout_s: float = 10.0
@@ -43,6 +44,7 @@ class PythonTool:
     cpu_s: float | None = None
     max_file_mb: int = 16
     max_procs: int = 64
+    max_box_mb: int = 64
     name: str = field(default="python", init=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +52,8 @@ class PythonTool:
             raise ValueError(f"python.timeout_s must be > 0, got {self.timeout_s}")
         if self.memory_mb <= 0:
             raise ValueError(f"python.memory_mb must be > 0, got {self.memory_mb}")
+        if self.max_box_mb <= 0:
+            raise ValueError(f"python.max_box_mb must be > 0, got {self.max_box_mb}")
         _sandbox()  # fail at load time, not at the first call
 
     def __call__(self, payload: str) -> str:
@@ -64,6 +68,7 @@ class PythonTool:
             cpu_s=self.cpu_s,
             max_file_mb=self.max_file_mb,
             max_procs=self.max_procs,
+            max_box_mb=self.max_box_mb,
         )
         return format_sandbox_result(res, self)
 
@@ -79,6 +84,7 @@ def _explain(res: Any, tool: PythonTool) -> str | None:
         "memory limit": f"Error: the code ran out of memory (limit {tool.memory_mb} MB).",
         "cpu time limit": "Error: the code used up its CPU time limit and was stopped.",
         "file size limit": f"Error: the code wrote more than the {tool.max_file_mb} MB file/output limit.",
+        "disk quota": f"Error: the code filled its {tool.max_box_mb} MB of disk space (working dir and /tmp).",
         "sandbox setup failed": "Error: the sandbox could not start; the code did not run.",
     }
     return known.get(reason, f"Error: the program failed ({reason}).")

@@ -1,6 +1,6 @@
-"""Training: the inner loop, the outer loop, baselines, checkpoints and data parallelism (SPEC section 7).
+"""Training: the inner loop, the outer loop, baselines, checkpoints and data parallelism (docs/method.md#training).
 
-``python -m recursivemas.train`` and ``recursivemas train`` run :func:`train_from_files`; from Python::
+``recursivemas train`` (``python -m recursivemas train`` under torchrun) run :func:`train_from_files`; from Python::
 
     from recursivemas import System
     from recursivemas.train import TrainConfig, load_for_system, train

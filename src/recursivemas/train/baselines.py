@@ -1,4 +1,4 @@
-"""Baselines on the same data and step budget (SPEC section 8, the paper's Table 5).
+"""Baselines on the same data and step budget (docs/method.md#baselines, the paper's Table 5).
 
 The decoding agent alone, prompted with its role prompt (every slot empty, as ``System.run(mode="single")``
 does), fine-tuned on question -> answer with next-token cross-entropy on the answer tokens + eos:
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from recursivemas.generation import generate
+from recursivemas.generation import decode_batch
 from recursivemas.train.data import role_targets
 from recursivemas.train.teacher import answer_ce, forced_pass, prompt_ids, target_ids
 
@@ -124,7 +124,7 @@ class FinetuneStage:
         prompts = prompts or [prompt_ids(self.agent, q) for q in questions]
         table = self.lm.get_input_embeddings()
         embeds, mask = left_pad([table(torch.tensor(p, device=self.agent.device)) for p in prompts])
-        ids, _ = generate(
+        ids, _ = decode_batch(
             self.lm,
             embeds,
             mask,

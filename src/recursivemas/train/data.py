@@ -1,21 +1,23 @@
-"""Training data: one record per question with one target text per role (SPEC section 7).
+"""Training data: one record per question with one target text per role (docs/method.md#training).
 
 Field names follow the public release: sequential ``{question, plan, refined_plan, answer}``,
 distillation ``{question, expert, answer}``. For any graph, ``agents.X.target`` in the system file
 names the field agent X learns to produce. Records come from a JSONL / JSON / Parquet file, a
-``datasets.save_to_disk`` directory, a ``datasets.Dataset`` or a list of dicts; a record that lacks a
-field is an error naming the file, the line (or row) and the field.
+``datasets.save_to_disk`` directory (read by ``recursivemas.records``, the reader evaluation uses too),
+a ``datasets.Dataset`` or a list of dicts; a record that lacks a field is an error naming the file, the
+line (or row) and the field.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+
+from recursivemas.records import read_records
 
 QUESTION = "question"
 
@@ -38,46 +40,6 @@ def role_targets(system: Any) -> dict[str, str]:
     return targets
 
 
-def _rows_from_path(path: Path) -> tuple[Iterable[tuple[int, Any]], str]:
-    """(row number, raw record) pairs and the word for a row ('line' for JSONL, else 'row')."""
-    if path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as err:  # noqa: BLE001 - any failure means "not a saved dataset"
-            raise DataError(f"{path} is a directory but not a `datasets.save_to_disk` dataset: {err}") from err
-        if isinstance(ds, datasets.DatasetDict):
-            raise DataError(f"{path} holds several splits ({', '.join(ds)}); point at one split's directory")
-        return enumerate(ds, start=1), "row"
-    suffix = "".join(path.suffixes[-1:]).lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return enumerate(pq.read_table(path).to_pylist(), start=1), "row"
-    if suffix == ".json":
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            try:
-                return enumerate(json.loads(text), start=1), "item"
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: not valid JSON ({err})") from err
-    if suffix not in (".jsonl", ".json", ".ndjson"):
-        raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .jsonl, .json, .parquet or a saved datasets directory")
-    return _jsonl_rows(path), "line"
-
-
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: line {number} is not valid JSON ({err.msg})") from err
-
-
 def load_records(source: Any, fields: Iterable[str] = (), name: str | None = None, inputs: Iterable[str] = (QUESTION,)) -> list[dict[str, str]]:
     """Read and check records; each must hold the input fields ``inputs`` and every field in ``fields`` as non-empty text.
 
@@ -86,16 +48,13 @@ def load_records(source: Any, fields: Iterable[str] = (), name: str | None = Non
     """
     needed = list(dict.fromkeys([*inputs, *fields]))
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"data file {path} does not exist")
-        rows, unit = _rows_from_path(path)
-        where = name or str(path)
+        rows = read_records(source, error=DataError)
+        where = name or str(source)
     else:
-        rows, unit, where = enumerate(source, start=1), "row", name or type(source).__name__
+        where = name or type(source).__name__
+        rows = ((f"{where} row {number}", raw) for number, raw in enumerate(source, start=1))
     records = []
-    for number, raw in rows:
-        at = f"{where}:{number}" if unit == "line" else f"{where} {unit} {number}"
+    for at, raw in rows:
         if not isinstance(raw, Mapping):
             raise DataError(f"{at}: expected a JSON object with fields {', '.join(needed)}, got {type(raw).__name__}")
         record = {}

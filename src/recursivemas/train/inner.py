@@ -1,4 +1,4 @@
-"""The inner loop (SPEC section 7): each agent's ``R_in`` learns to predict the next true token's embedding.
+"""The inner loop (docs/method.md#training): each agent's ``R_in`` learns to predict the next true token's embedding.
 
 Per agent, independently: run the frozen agent teacher-forced on (role prompt, role target). Its slots
 hold the upstream roles' gold target text on forward edges and stay empty on feedback edges (what the

@@ -1,4 +1,4 @@
-"""The outer loop (SPEC section 7): the whole system unrolled over n rounds, only the outer links train.
+"""The outer loop (docs/method.md#training): the whole system unrolled over n rounds, only the outer links train.
 
 Rounds follow ``recursivemas.rounds``, the schedule ``System.run`` walks too (a test compares the two
 walks): forward edges fill slots within a round, feedback edges carry to the next round, and the
@@ -145,7 +145,7 @@ def answer_metrics(system: Any, records: Sequence[dict], cfg: Any, source: str =
     return {"answer_loss": ce_sum / len(records), "answer_token_acc": acc_sum / len(records)}
 
 
-def exact_match(system: Any, records: Sequence[dict], cfg: Any) -> float:
+def greedy_exact_match(system: Any, records: Sequence[dict], cfg: Any) -> float:
     """Share of records whose greedy latent-mode answer equals the gold answer text (stripped)."""
     field_ = role_targets(system)[system.graph.decoder]
     greedy = replace(system.config.generation, temperature=0.0, top_p=1.0)
@@ -200,11 +200,11 @@ class OuterStage:
     def evaluate(self, records: Sequence[dict]) -> dict[str, float]:
         out = answer_metrics(self.system, records, self.cfg, "teacher")
         rolled = answer_metrics(self.system, records, self.cfg, "rollout")
-        # the train/inference gap (SPEC section 10): the same loss with latents formed as at inference
+        # the train/inference gap (docs/method.md#deviations): the same loss with latents formed as at inference
         out["answer_loss_rollout"] = rolled["answer_loss"]
         out["answer_token_acc_rollout"] = rolled["answer_token_acc"]
         if self.cfg.eval_generate:
-            out["exact_match"] = exact_match(self.system, records, self.cfg)
+            out["exact_match"] = greedy_exact_match(self.system, records, self.cfg)
         return out
 
 

@@ -14,10 +14,8 @@ Settings come from the system file's ``training:`` section, overridden by the ca
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
-import platform
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from recursivemas.machine import describe as describe_machine
 from recursivemas.train import checkpoint as ckpt
 from recursivemas.train.baselines import METHODS, FinetuneStage
 from recursivemas.train.cost import MemoryMeter, StepTimer, trainable_parameters, weights_mb
@@ -33,6 +32,7 @@ from recursivemas.train.data import BatchSchedule, split_holdout
 from recursivemas.train.distributed import Dist
 from recursivemas.train.inner import InnerStage
 from recursivemas.train.outer import LATENT_SOURCES, OuterStage, ridge_init_outer
+from recursivemas.validation import check_keys, check_types
 
 STAGES = ("inner", "outer", "all")
 LOG_NAME, SUMMARY_NAME, REPORT_NAME = "train_log.jsonl", "summary.json", "report.md"
@@ -50,7 +50,7 @@ class TrainConfig:
     method: str = "recursivemas"  # recursivemas | lora | full
     steps: int = 100  # optimizer steps per stage
     inner_steps: int | None = None  # inner-loop steps when different from `steps`
-    lr: float = 1e-4  # the release used 5e-4; re-runs found the outer loop unstable there (SPEC section 7)
+    lr: float = 1e-4  # the release used 5e-4; re-runs found the outer loop unstable there (docs/method.md#training)
     inner_lr: float | None = None  # defaults to lr
     batch_size: int = 4  # global batch, split across data-parallel ranks
     warmup_steps: int = 10
@@ -82,6 +82,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_types("training", {f.name: getattr(self, f.name) for f in fields(self)}, type(self))  # "3" is not 3
         checks = [
             (self.stage in STAGES, f"stage {self.stage!r} is unknown; choose one of {', '.join(STAGES)}"),
             (self.method in METHODS, f"method {self.method!r} is unknown; choose one of {', '.join(METHODS)}"),
@@ -105,13 +106,8 @@ class TrainConfig:
     @classmethod
     def from_sources(cls, section: dict[str, Any] | None, **overrides: Any) -> "TrainConfig":
         """The system file's ``training:`` section, then ``overrides`` (None values are ignored)."""
-        allowed = [f.name for f in fields(cls)]
-        values = dict(section or {})
-        for key in values:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
-                raise ValueError(f"training: unknown key {key!r}; {hint}")
+        values = dict(section or {}) if isinstance(section, dict) or section is None else section
+        check_keys("training", values, [f.name for f in fields(cls)])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -168,17 +164,31 @@ class _Log:
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
 
-    def truncate_after(self, order: Sequence[str], stage: str, step: int) -> None:
-        """Drop lines a killed run wrote after its last checkpoint, so a resumed log reads as one run."""
+    def truncate_after(self, order: Sequence[str], stage: str, step: int, done: bool) -> None:
+        """Drop lines a killed run wrote after its last checkpoint, so a resumed log reads as one run.
+
+        A stage's final evaluation line (``final: true``) is written after its last checkpoint; it is kept
+        only when that checkpoint is marked done, else the resumed run writes it again. A torn last line
+        (killed mid-write) is dropped.
+        """
         if not self.enabled or not self.path.is_file():
             return
         rank = {s: i for i, s in enumerate(order)}
         keep = []
         for line in self.path.read_text().splitlines():
-            entry = json.loads(line)
-            if (rank.get(entry.get("stage"), -1), entry.get("step", 0)) <= (rank[stage], step):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            key = (rank.get(entry.get("stage"), -1), entry.get("step", 0))
+            if key < (rank[stage], step) or (key == (rank[stage], step) and (done or not entry.get("final"))):
                 keep.append(line)
         ckpt._write_atomic(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+    def restart(self) -> None:
+        """Start an empty log (a fresh run, or a resume that found no checkpoint)."""
+        if self.enabled and self.path.exists():
+            self.path.unlink()
 
     def write(self, entry: dict[str, Any]) -> None:
         if self.enabled:
@@ -214,8 +224,8 @@ def train(
         )
     if resume and state is None and dist.is_main:
         tqdm.write(f"--resume: no checkpoint in {out}/checkpoints yet; starting from the beginning")
-    if not resume and dist.is_main and (out / LOG_NAME).exists():
-        (out / LOG_NAME).unlink()  # a fresh run starts a fresh log
+    if state is None:  # a fresh run, or a resume with nothing to resume from: the old log's lines would repeat
+        log.restart()
     if state is not None:
         if state.stage not in order:
             raise ckpt.CheckpointError(f"the checkpoint in {out} is for stage {state.stage!r}, but this run trains {', '.join(order)}")
@@ -224,7 +234,7 @@ def train(
                 f"the checkpoint in {out} was written by a run of {state.meta.get('steps')} {state.stage} steps; "
                 f"resume with the same --steps, or start over in a new --out directory"
             )
-        log.truncate_after(order, state.stage, state.step)
+        log.truncate_after(order, state.stage, state.step, bool(state.meta.get("done")))
     summary: dict[str, Any] = {
         "method": config.method,
         "stages": {},
@@ -232,7 +242,7 @@ def train(
         "train_records": len(records),
         "eval_records": len(eval_records),
         "world_size": dist.world,
-        "machine": machine(),
+        "machine": describe_machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if state is not None and (out / SUMMARY_NAME).is_file():
@@ -266,14 +276,34 @@ class _StageRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def _load_resume_state(stage, optimizer, scheduler, state) -> None:
+    """Restore a stage from a checkpoint; one that does not fit this system or these settings is a CheckpointError."""
+    try:
+        stage.load_state_tensors(state.tensors())
+        saved = state.training_state()
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        ckpt.set_rng_state(saved["rng"])
+    except ckpt.CheckpointError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise ckpt.CheckpointError(
+            f"checkpoint {state.path} does not fit this run ({type(err).__name__}: {str(err)[:300]}); it was written for "
+            f"another system or other settings: resume with those, or start over in a new --out directory"
+        ) from err
+
+
 def _run_stage(name, system, records, eval_records, cfg: TrainConfig, out: Path, log: _Log, dist: Dist, state) -> _StageRun:
     steps = cfg.steps_for(name)
     stage = _make_stage(name, system, cfg)
     run = _StageRun(stage)
     start_step = state.step if state is not None else 0
-    if state is not None and start_step >= steps and state.meta.get("done"):
-        stage.load_state_tensors(state.tensors())
-        run.summary = state.meta.get("summary", {})
+    if state is not None and start_step >= steps and state.meta.get("done") and state.meta.get("summary"):
+        try:
+            stage.load_state_tensors(state.tensors())
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ckpt.CheckpointError(f"checkpoint {state.path} does not fit this system ({type(err).__name__}: {str(err)[:300]})") from err
+        run.summary = state.meta["summary"]
         return run
     if name == "outer" and state is None and (cfg.link_init or system.config.links.init) == "ridge":
         fits = ridge_init_outer(system, records[: cfg.ridge_records], cfg)
@@ -284,20 +314,19 @@ def _run_stage(name, system, records, eval_records, cfg: TrainConfig, out: Path,
     optimizer = torch.optim.AdamW(params, lr=cfg.lr_for(name), betas=(0.9, 0.95), weight_decay=0.0, eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, steps, cfg.min_lr_ratio))
     if state is not None:
-        stage.load_state_tensors(state.tensors())
-        saved = state.training_state()
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        ckpt.set_rng_state(saved["rng"])
+        _load_resume_state(stage, optimizer, scheduler, state)
     dist.broadcast_parameters([t for t in stage.state_tensors().values()])
     schedule = BatchSchedule(len(records), cfg.batch_size, cfg.seed)
     device = next(iter(params)).device
     meter = MemoryMeter(device).start()
     timer = StepTimer()
+    # what the summary needs from steps before a resume travels in each checkpoint
+    progress = dict(state.meta.get("progress", {})) if state is not None else {}
+    timer.times = list(progress.get("times", []))
+    first_loss, recent = progress.get("first_loss"), list(progress.get("recent_losses", []))
     groups = stage.modules()
     last_good = state.path if state is not None else None
-    bar = tqdm(total=steps, initial=start_step, desc=f"train {name}", unit="step", disable=not (cfg.progress and dist.is_main))
-    losses: list[float] = []
+    bar = tqdm(total=steps, initial=min(start_step, steps), desc=f"train {name}", unit="step", disable=not (cfg.progress and dist.is_main))
     meta = {"method": cfg.method, "steps": steps, "seed": cfg.seed, "world_size": dist.world}
     for step in range(start_step, steps):
         with timer:
@@ -322,7 +351,8 @@ def _run_stage(name, system, records, eval_records, cfg: TrainConfig, out: Path,
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(global_loss)
+        first_loss = global_loss if first_loss is None else first_loss
+        recent = (recent + [global_loss])[-5:]
         entry = {"stage": name, "step": step + 1, "loss": global_loss, "lr": lr, "grad_norm": total_norm, "time_s": timer.last}
         entry.update({f"grad/{k}": v for k, v in norms.items()})
         if hasattr(stage, "grad_metrics"):
@@ -335,14 +365,15 @@ def _run_stage(name, system, records, eval_records, cfg: TrainConfig, out: Path,
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done and eval_records:
             _evaluate(stage, eval_records, name, step + 1, log, dist, timer)
         if (step + 1) % cfg.checkpoint_every == 0 or done:
-            if dist.is_main:
+            if dist.is_main:  # "done" is set only once the final evaluation and summary exist (below)
+                progress = {"first_loss": first_loss, "recent_losses": recent, "times": timer.times}
                 last_good = ckpt.save_checkpoint(
-                    out, name, step + 1, stage.state_tensors(), optimizer, scheduler, {**meta, "done": done},
+                    out, name, step + 1, stage.state_tensors(), optimizer, scheduler, {**meta, "done": False, "progress": progress},
                     "links.safetensors" if cfg.method == "recursivemas" else "trainable.safetensors", cfg.keep_checkpoints,
                 )
             dist.barrier()
     bar.close()
-    evaluation = _evaluate(stage, eval_records, name, steps, log, dist, timer) if eval_records else {}
+    evaluation = _evaluate(stage, eval_records, name, steps, log, dist, timer, final=True) if eval_records else {}
     divergence = dist.max_divergence(list(stage.state_tensors().values()))  # data-parallel ranks must agree exactly
     run.summary = {
         "steps": steps,
@@ -353,15 +384,15 @@ def _run_stage(name, system, records, eval_records, cfg: TrainConfig, out: Path,
         "memory_measure": meter.method,
         "time_per_step_s": timer.mean,
         "train_time_s": sum(timer.times),
-        "first_loss": losses[0] if losses else None,
-        "final_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
+        "first_loss": first_loss,
+        "final_loss": sum(recent) / len(recent) if recent else None,
         "eval": evaluation,
         "rank_divergence": divergence,
     }
-    if dist.is_main:  # the stage's final checkpoint carries its summary, so a resumed run can report it
+    if dist.is_main:  # the stage's final checkpoint carries its summary, and only then counts as done
         final = ckpt.latest_checkpoint(out)
-        meta_path = final.path / ckpt.STATE
-        ckpt._write_atomic(meta_path, json.dumps({**final.meta, "summary": run.summary}, indent=1).encode())
+        ckpt.write_state(final.path, {**final.meta, "done": True, "summary": run.summary})
+    dist.barrier()
     return run
 
 
@@ -372,12 +403,12 @@ def _weights(stage, system) -> list[torch.nn.Module]:
     return [*models.values(), system.links]
 
 
-def _evaluate(stage, eval_records, name, step, log: _Log, dist: Dist, timer: StepTimer) -> dict[str, float]:
+def _evaluate(stage, eval_records, name, step, log: _Log, dist: Dist, timer: StepTimer, final: bool = False) -> dict[str, float]:
     """Held-out metrics on rank 0 (others wait); logged with the training time spent so far."""
     result: dict[str, float] = {}
     if dist.is_main:
         result = stage.evaluate(eval_records)
-        log.write({"stage": name, "step": step, "eval": result, "train_time_s": sum(timer.times)})
+        log.write({"stage": name, "step": step, "eval": result, "train_time_s": sum(timer.times), **({"final": True} if final else {})})
     dist.barrier()
     return result
 
@@ -388,13 +419,6 @@ def _nan_message(stage: str, step: int, what: str, value: float, last_good: Path
         f"{stage} training stopped at step {step}: the {what} is {value}. Nothing was saved after the last good step; "
         f"{kept}. Lower the learning rate (now {cfg.lr_for(stage)}), check the data, then resume with --resume."
     )
-
-
-def machine() -> str:
-    """A one-line description of where this ran."""
-    cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}"
 
 
 def report(summary: dict[str, Any]) -> str:

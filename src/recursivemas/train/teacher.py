@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recursivemas.agent import Agent
-from recursivemas.rollout import decoder_of, positions_from_mask
+from recursivemas.kv import backbone_of, positions_from_mask
 from recursivemas.slots import Input, SlotFill, left_pad, row_embeddings
 
 
@@ -137,7 +137,7 @@ def forced_pass(
             rows.append(table(ids))
     embeds, mask = left_pad(rows)
     with checkpointing(model, checkpoint):
-        out = decoder_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
+        out = backbone_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
     return Forced(out.last_hidden_state, mask, targets)
 
 

@@ -1,4 +1,4 @@
-"""`recursivemas report` (recursivemas.paper): a smoke run on tiny agents, every section present, m and rounds
+"""`recursivemas report` (recursivemas.results): a smoke run on tiny agents, every section present, m and rounds
 chosen on the validation split only, and a rerun that resumes instead of redoing the work."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from recursivemas.eval.harness import read_records
 from recursivemas.eval.tune import pick
-from recursivemas.paper import BUDGETS, choose_on_validation, run_report
+from recursivemas.results import BUDGETS, choose_on_validation, run_report
 
 SECTIONS = {
     "## (a) Accuracy by rounds, latent vs text": ["rounds", "text MAS", "RecursiveMAS", "delta (points)", "speed-up",
@@ -30,7 +30,7 @@ SECTIONS = {
 @pytest.fixture(scope="module")
 def smoke(tiny_agents, tmp_path_factory):
     """One smoke run of the whole pipeline on a tiny heterogeneous sequential system."""
-    root = tmp_path_factory.mktemp("paper")
+    root = tmp_path_factory.mktemp("report")
     roles = {"planner": ("llama", "Question: {question}\n<<FEEDBACK>>\nWrite a plan."),
              "critic": ("qwen2", "Question: {question}\nPlan: <<PLAN>>\nImprove the plan."),
              "solver": ("gpt2", "Question: {question}\nRefined plan: <<REFINED_PLAN>>\nSolve it.")}
@@ -61,7 +61,8 @@ def test_every_section_with_its_columns_and_plots(smoke):
         for col in columns:
             assert col in header, (section, col, header)
         assert "does not hold here" in text.split(section, 1)[1] or "holds here" in text.split(section, 1)[1]
-    for png in ("a_rounds.png", "b_links.png", "c_latent_length.png", "d_methods.png", "e_latent_source.png"):
+    for png in ("a_rounds.png", "b_links.png", "c_latent_length.png", "d_methods.png", "e_latent_source.png",
+                "f_channel.png"):
         assert (smoke["out"] / "results" / png).stat().st_size > 1000
         assert f"(results/{png})" in text
     assert "## Stage timings" in text and "**total**" in text
@@ -72,7 +73,31 @@ def test_every_section_with_its_columns_and_plots(smoke):
     assert {row["source"] for row in res["e"]["rows"]} == {"teacher", "rollout"}
     assert {row["label"] for row in res["b"]["rows"]} == {"untrained", "teacher"}
     assert [row["rounds"] for row in res["a"]["rows"]] == list(BUDGETS["smoke"].rounds_grid)
-    assert set(res["timings"]) >= {"train: inner loop", "(c) validation sweep: m x rounds", "(a) test: rounds, latent vs text"}
+    assert set(res["timings"]) >= {"train: inner loop", "(c) validation sweep: m x rounds", "(a) test: rounds, latent vs text",
+                                   "(f) test: channel tests"}
+
+
+def test_channel_section_from_a_real_channel_test(smoke):
+    text, res = smoke["path"].read_text(), smoke["results"]
+    section = text.split("## (f) Channel tests", 1)[1].split("## Stage timings", 1)[0]
+    header = [c.strip() for c in _table_header(text, "## (f) Channel tests").strip("|").split("|")]
+    assert header == ["mode", "as run", "shuffled", "zeroed", "gold upstream text", "channel gain (points)",
+                      "95% interval", "McNemar p"]
+    ch = res["channel"]
+    assert (ch["latent_steps"], ch["rounds"]) == (res["chosen"]["latent_steps"], res["chosen"]["rounds"])
+    assert set(ch["accuracy"]) == {"latent", "latent/shuffle", "latent/zero", "text", "text/shuffle", "text/zero",
+                                   "text/gold", "single"}
+    # as run is the same system, m, rounds, problems and batches as the (c) test row at the chosen m (greedy)
+    c_row = next(row for row in res["c"]["rows"] if row["m"] == ch["latent_steps"])
+    assert ch["accuracy"]["latent"] == pytest.approx(c_row["test"]["accuracy"])
+    assert ch["accuracy"]["single"] == pytest.approx(res["a"]["single"]["accuracy"])
+    for mode in ("latent", "text"):
+        g = ch["gain"][mode]
+        assert g["diff"] == pytest.approx(100 * (ch["accuracy"][mode] - ch["accuracy"][f"{mode}/shuffle"]))
+        what = "latents" if mode == "latent" else "text messages"
+        verdict = (f"**The {what} carry information about the input" if g["low"] > 0 or g["high"] < 0
+                   else f"**No evidence that the {what} carry information about the input**")
+        assert f"{verdict}" in section and f"({mode} mode)" in section
 
 
 def test_m_and_rounds_are_chosen_on_validation_only(smoke):
@@ -149,10 +174,63 @@ def test_one_run_per_work_dir(tmp_path):
 
 
 def test_m0_note_says_costs_only_when_m0_wins():
-    from recursivemas.paper import _m0_note
+    from recursivemas.results.markdown import _m0_note
 
     chosen = {"latent_steps": 4, "rounds": 1, "accuracy": 0.9}
     assert "costs accuracy" in _m0_note({"chosen": chosen, "best_any_m": {"latent_steps": 0, "rounds": 1, "accuracy": 0.92}})
     tied = _m0_note({"chosen": chosen, "best_any_m": {"latent_steps": 0, "rounds": 1, "accuracy": 0.9}})
     assert "tied" in tied and "costs" not in tied
     assert _m0_note({"chosen": chosen, "best_any_m": chosen}) == ""
+
+
+def test_settings_are_passed_not_written_into_systems(smoke):
+    """The rollout arm gets m and the ridge initialisation through TrainConfig; the saved systems keep their file's m."""
+    work, res = smoke["work"], smoke["results"]
+    summary = json.loads((work / "train" / "outer_rollout" / "summary.json").read_text())
+    assert summary["config"]["latent_steps"] == res["rollout_train_m"] == res["chosen"]["latent_steps"]
+    assert summary["config"]["link_init"] == "ridge"
+    teacher = json.loads((work / "train" / "outer_teacher" / "summary.json").read_text())
+    assert teacher["config"]["link_init"] == "ridge" and teacher["config"]["latent_steps"] is None
+    for name in ("outer_teacher", "outer_rollout"):
+        saved = yaml.safe_load((work / "train" / name / "system.yaml").read_text())
+        assert saved["latent_steps"] == 2  # the system file's value, whatever m was chosen
+
+
+def _channel_res(run_correct: int, shuffle_correct: int) -> dict:
+    """The channel section computed from a real ChannelReport of 200 paired outcomes (the first k of each arm right)."""
+    from recursivemas.channel import ChannelReport, paired_difference
+    from recursivemas.results.tables import compute_channel_table
+
+    def outcomes(k: int) -> list[bool]:
+        return [i < k for i in range(200)]
+
+    report = ChannelReport(200, 2, 4)
+    for arm, k in (("latent", run_correct), ("latent/shuffle", shuffle_correct), ("latent/zero", 80), ("text", 100),
+                   ("text/shuffle", 100), ("text/zero", 90), ("text/gold", 140), ("single", 96)):
+        report.add(arm, outcomes(k), tokens=3.0)
+    for mode in ("latent", "text"):
+        report.gain[mode] = paired_difference(report.correct[mode], report.correct[f"{mode}/shuffle"])
+    return {"channel": compute_channel_table(report, rounds=2, latent_steps=4, n=200)}
+
+
+def test_channel_section_says_whether_latents_carry_information():
+    from recursivemas.results.markdown import render_channel_table
+
+    res = _channel_res(120, 90)  # 30 problems right only as run, none only shuffled: +15 points
+    g = res["channel"]["gain"]["latent"]
+    assert g["diff"] == pytest.approx(15.0) and 0 < g["low"] < 15 < g["high"]
+    text = "\n".join(render_channel_table(res, {}))
+    header = [c.strip() for c in _table_header(text, "## (f) Channel tests").strip("|").split("|")]
+    assert header[:5] == ["mode", "as run", "shuffled", "zeroed", "gold upstream text"] and "95% interval" in header
+    assert "| latent | 60.0% | 45.0% | 40.0% | - | +15.0 |" in text
+    assert "| text | 50.0% | 50.0% | 45.0% | 70.0% | +0.0 |" in text
+    assert "**The latents carry information about the input** (latent mode)" in text and "excludes 0" in text
+    assert "**No evidence that the text messages carry information" in text  # identical outcomes: interval [0, 0]
+    assert "soft prompt" not in text  # shuffling costs 15 points: the content matters
+    assert "the decoder scores 70.0% against 48.0% alone (+22.0 [" in text and "a perfect hand-off helps it" in text
+    unclear = "\n".join(render_channel_table(_channel_res(120, 118), {}))  # 2 discordant problems
+    assert "**No evidence that the latents carry information about the input**" in unclear and "includes 0" in unclear
+    # zeroing costs 20 points (40 problems right only as run), shuffling nothing measurable: presence, not content
+    assert "Zeroing the latents costs +20.0 [" in unclear and "soft prompt" in unclear
+    worse = "\n".join(render_channel_table(_channel_res(90, 120), {}))
+    assert "but it lowers accuracy" in worse
