@@ -36,7 +36,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_links(steps: int = 100, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
+def train_links(steps: int = 30, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
     """Train the outer links of the real system on facts' train split (rollout latents, ridge init); returns the summary.
 
     Writes the links to ``out`` (default: ``configs/real.links.safetensors``, shipped in float16).
@@ -47,7 +47,7 @@ def train_links(steps: int = 100, records: int = 800, seed: int = 0, out: Path |
 
     system = load(with_links=False)
     settings = dict(stage="outer", steps=steps, lr=1e-3, batch_size=8, seed=seed, progress=True, eval_generate=False,
-                    latent_source="rollout", warmup_steps=min(10, steps // 5), ridge_records=32, eval_fraction=0.05,
+                    latent_source="rollout", warmup_steps=min(10, steps // 5), ridge_records=128, eval_fraction=0.05,
                     checkpoint_every=10**6)
     settings.update(overrides)
     start = time.perf_counter()
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(prog="python -m recursivemas.real")
     parser.add_argument("command", choices=("train", "tune", "demo"))
-    parser.add_argument("--steps", type=int, default=70)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--records", type=int, default=800)
     parser.add_argument("-n", type=int, default=None, help="problems (tune: validation, default 32; demo: test, default 64)")
     args = parser.parse_args(argv)
