@@ -19,8 +19,8 @@ import torch
 
 from common import record
 from recursivemas import System
-from recursivemas.bundle import bundled_config
-from recursivemas.world import generate, grade
+from recursivemas.bundled import bundled_config
+from recursivemas.bundled.world import generate, grade
 
 
 def main() -> None:

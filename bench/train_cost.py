@@ -29,7 +29,7 @@ import yaml
 from common import record
 from recursivemas.tiny import save_tiny_agent
 from recursivemas.train import synthetic_records
-from recursivemas.world import write_jsonl
+from recursivemas.bundled.world import write_jsonl
 
 PROMPTS = {
     "planner": ("llama", "Question: {question}\n<<FEEDBACK>>\nWrite a plan."),

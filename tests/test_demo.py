@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from recursivemas.bundle import bundled_config, links_path
+from recursivemas.bundled import bundled_config, links_path
 from recursivemas.cli import app
 
 shipped = links_path("sequential").is_file() and (bundled_config("sequential").parent.parent / "zoo_models" / "llama-gqa").is_dir()

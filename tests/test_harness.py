@@ -225,7 +225,7 @@ class _FakeSystemClass:
     from_pretrained = load = from_config
 
 
-@pytest.mark.skipif(importlib.util.find_spec("recursivemas.world") is None, reason="recursivemas.world not present")
+@pytest.mark.skipif(importlib.util.find_spec("recursivemas.bundled.world") is None, reason="recursivemas.bundled.world not present")
 def test_cli_eval_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import recursivemas
 

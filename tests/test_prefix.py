@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from recursivemas import InnerLink, System, latent_rollout
-from recursivemas.bundle import bundled_config
+from recursivemas.bundled import bundled_config
 from recursivemas.generation import decode_batch
 from recursivemas.prefix import PrefixStore, prefix_length
 from recursivemas.slots import build_inputs
-from recursivemas.world import generate as world_problems
+from recursivemas.bundled.world import generate as world_problems
 from conftest import TINY_AGENTS, make_sequential_config
 
 QUESTIONS = ["What is 2 + 3?", "Tom has 4 apples, buys 7 more and eats one. How many are left?", "9 - 4?"]

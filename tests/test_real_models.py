@@ -46,7 +46,7 @@ def test_bad_gguf_specs_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="has no function 'nope'"):
         gguf.resolve_gguf("pkg:recursivemas:nope")
     with pytest.raises(ConfigError, match="does not exist"):
-        gguf.resolve_gguf("pkg:recursivemas/configs/missing.gguf")
+        gguf.resolve_gguf("pkg:recursivemas/bundled/configs/missing.gguf")
     with pytest.raises(ConfigError, match="does not exist"):
         gguf.resolve_gguf(str(tmp_path), gguf_file="model.gguf")
     assert gguf.is_gguf("a/b.GGUF") and gguf.is_gguf("dir", "m.gguf") and not gguf.is_gguf("org/name")

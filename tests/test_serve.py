@@ -472,12 +472,12 @@ def test_cli_serves_over_real_http_and_stops_on_sigterm(config, tmp_path):
 
 # ---------------------------------------------------------------- special tokens in user text
 
-ZOO = sorted(p.name for p in (Path(recursivemas.__file__).parent / "zoo_models").iterdir() if p.is_dir())
+ZOO = sorted(p.name for p in (Path(recursivemas.__file__).parent / "bundled" / "zoo_models").iterdir() if p.is_dir())
 
 
 def _zoo_agent(name: str) -> Agent:
     config = AgentConfig(model="unused", prompt="Question: {question}\nPlan: <<PLAN>>\nSolve it.", system_prompt="You are the solver.")
-    model, tokenizer = load_model_and_tokenizer(config, str(Path(recursivemas.__file__).parent / "zoo_models" / name))
+    model, tokenizer = load_model_and_tokenizer(config, str(Path(recursivemas.__file__).parent / "bundled" / "zoo_models" / name))
     return Agent(name, config, model, tokenizer)
 
 

@@ -138,10 +138,10 @@ def test_mbpp_plus_record(tmp_path: Path) -> None:
     assert grade(ex, f"```python\n{ex.meta['canonical_solution']}\n```").correct
 
 
-@pytest.mark.skipif(importlib.util.find_spec("recursivemas.world") is None,
-                    reason="recursivemas.world (the bundled procedural world) is not in this checkout yet")
+@pytest.mark.skipif(importlib.util.find_spec("recursivemas.bundled.world") is None,
+                    reason="recursivemas.bundled.world (the bundled procedural world) is not in this checkout yet")
 def test_world_task_loads_lazily_and_grades_its_own_solutions() -> None:
-    from recursivemas import world
+    from recursivemas.bundled import world
 
     exs = load_examples("world", "validation", limit=5)
     recs = world.generate("validation", 5, seed=0)

@@ -30,7 +30,7 @@ from recursivemas.train.data import BatchSchedule, load_for_system
 from recursivemas.train.inner import InnerStage
 from recursivemas.train.outer import OuterStage, answer_metrics, ridge_pairs, rollout_probability, source_at, unroll
 from recursivemas.train.recipe import train_from_files
-from recursivemas.world import write_jsonl
+from recursivemas.bundled.world import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO / "src")}

@@ -1,4 +1,4 @@
-"""The procedural arithmetic world: determinism, disjoint splits, consistent role targets, strict grading."""
+"""The procedural arithmetic world: determinism, disjoint splits, hidden facts, consistent role targets, strict grading."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from recursivemas.world import DOMAINS, extract_answer, generate, grade, read_jsonl, split_of, write_jsonl
+from recursivemas.bundled.world import DOMAINS, FACT_OP, FACTS, extract_answer, generate, grade, read_jsonl, split_of, write_jsonl
 
-FIELDS = {"id", "question", "answer", "plan", "refined_plan", "solution", "expert", "domain", "steps"}
+FIELDS = {"id", "question", "answer", "facts", "plan", "refined_plan", "solution", "expert", "domain", "steps", "hidden", "item"}
 
 
 def test_deterministic_per_seed() -> None:
@@ -52,21 +52,45 @@ def test_role_targets_consistent(split: str) -> None:
         assert 2 <= r["steps"] <= 5 and r["domain"] in DOMAINS and len(r["ops"]) == r["steps"]
         answer = int(r["answer"])
         assert answer == _evaluate(r["start"], r["ops"]) and answer >= 1
-        # Every operand of the chain appears in the question; the plan lists each operation in words.
+        # One operation is a hidden fact: the question names its item, the world's table gives its value.
+        op, value = r["ops"][r["hidden"]]
+        assert op == FACT_OP[r["domain"]] and FACTS[r["domain"]][r["item"]] == value
+        assert r["item"] in r["question"] and r["facts"].startswith(f"{value} ") and r["item"] in r["facts"]
+        # Upstream targets open with the facts line; the plan lists each operation in words.
+        for key in ("plan", "refined_plan", "expert", f"{r['domain']}_notes"):
+            assert r[key].split("\n")[0] == r["facts"], key
         assert r["plan"].count(";") == r["steps"]
         # The refined plan's equations, evaluated in order, give the answer.
         env: dict[str, int] = {}
-        lines = r["refined_plan"].splitlines()
+        lines = r["refined_plan"].splitlines()[1:]
         for line in lines[:-1]:
             name, expr = line.split(" = ")
             env[name] = eval(expr.replace("/", "//"), {}, dict(env))  # noqa: S307 - our own equations
         assert lines[-1].startswith("answer = ") and env[lines[-1].split(" = ")[1]] == answer
         # Every equation of the worked solution is true, and both worked targets end with the final line.
-        for text in (r["solution"], r["expert"]):
-            assert text.endswith(f"#### {answer}") and grade(text, r["answer"])
-            for lhs, rhs in re.findall(r"(\d+ [-+*/] \d+) = (\d+)", text):
-                assert eval(lhs.replace("/", "//")) == int(rhs)  # noqa: S307
-        assert f"The answer is {answer}." in r["expert"]
+        text = r["solution"]
+        assert text.endswith(f"#### {answer}") and grade(text, r["answer"])
+        for lhs, rhs in re.findall(r"(\d+ [-+*/] \d+) = (\d+)", text):
+            assert eval(lhs.replace("/", "//")) == int(rhs)  # noqa: S307
+        # The expert explains every step in words and leaves the arithmetic to the learner.
+        assert len(r["expert"].splitlines()) == r["steps"] + 2 and extract_answer(r["expert"]) is None
+
+
+def test_hidden_fact_values_are_not_in_the_question() -> None:
+    for r in generate("validation", 300, seed=0):
+        sentence = next(s for s in r["question"].split(". ") if re.search(rf"\b{r['item']}\b", s))
+        assert not any(ch.isdigit() for ch in sentence), sentence
+
+
+def test_random_facts_keep_the_problems_but_not_the_table() -> None:
+    world, told = generate("train", 600, seed=0), generate("train", 600, seed=0, facts="random")
+    # The same chains and answers; only the named item changes, so its value cannot be looked up.
+    assert [(r["start"], r["ops"], r["answer"]) for r in world] == [(r["start"], r["ops"], r["answer"]) for r in told]
+    assert all(FACTS[r["domain"]][r["item"]] == r["ops"][r["hidden"]][1] for r in world)
+    matches = sum(FACTS[r["domain"]][r["item"]] == r["ops"][r["hidden"]][1] for r in told) / len(told)
+    assert matches < 0.25  # about one in nine by chance
+    with pytest.raises(ValueError, match="facts"):
+        generate("train", 1, facts="secret")
 
 
 def test_knobs() -> None:

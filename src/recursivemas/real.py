@@ -1,4 +1,4 @@
-"""The bundled real-model system (``configs/real.yaml``): train its links, measure it with the channel tests.
+"""The bundled real-model system (``bundled/configs/real.yaml``): train its links, measure it with the channel tests.
 
 gemma-3-270m reads a passage of facts (``recursivemas.facts``), SmolLM2-135M-Instruct answers without
 seeing it; both load from GGUF files shipped by Python packages (``recursivemas.gguf``). See docs/real_models.md.
@@ -17,7 +17,7 @@ import yaml
 
 from recursivemas import facts
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "real.yaml"
+CONFIG = Path(__file__).resolve().parent / "bundled" / "configs" / "real.yaml"
 LINKS = CONFIG.with_name("real.links.safetensors")
 
 
@@ -39,7 +39,7 @@ def peak_rss_mb() -> float:
 def train_links(steps: int = 30, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
     """Train the outer links of the real system on facts' train split (rollout latents, ridge init); returns the summary.
 
-    Writes the links to ``out`` (default: ``configs/real.links.safetensors``, shipped in float16).
+    Writes the links to ``out`` (default: ``bundled/configs/real.links.safetensors``, shipped in float16).
     """
     from safetensors.torch import load_file, save_file
 

@@ -42,7 +42,7 @@ def demo(
     if task != "world":
         raise typer.BadParameter(f"unknown task {task!r}; choose world or facts", param_hint="--task")
     from recursivemas import System
-    from recursivemas.bundle import bundled_config
+    from recursivemas.bundled import bundled_config
     from recursivemas.eval.harness import evaluate, parse_list
     from recursivemas.eval.report import compare_to_text, summarize, write_report
 

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         """Rebuild the zoo: world data, tokenizers, pretraining, evaluation, zoo_report.json."""
         from transformers.utils import logging as hf_logging
 
-        from recursivemas.zoo.build import ZOO_DIR, build
+        from recursivemas.bundled.zoo.build import ZOO_DIR, build
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -37,29 +37,34 @@ def register(app: typer.Typer) -> None:
     @zoo.command("eval")
     def eval_cmd(
         path: Optional[Path] = typer.Option(None, "--path", help="Zoo folder (default: the package's zoo_models/)."),
-        n: int = typer.Option(200, "--n", help="Validation problems (2-3 steps)."),
+        n: int = typer.Option(200, "--n", help="Validation problems (the world's default 2-3 steps)."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
-        """Greedy accuracy of each zoo agent as solver/learner, alone and with gold upstream text."""
+        """Greedy accuracy of each zoo agent in its roles (docs/zoo.md): alone, with gold upstream text, with its facts."""
         import torch
 
-        from recursivemas.world import generate
-        from recursivemas.zoo.build import ZOO_DIR, evaluate_agent, load_agent
+        from recursivemas.bundled.world import generate
+        from recursivemas.bundled.zoo.agents import AGENTS
+        from recursivemas.bundled.zoo.build import ZOO_DIR, evaluate_agent, load_agent
+        from recursivemas.bundled.zoo.roles import BASE_ROLES
 
         torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a shared CPU
         root = path or ZOO_DIR
         agents = sorted(p.parent for p in root.glob("*/config.json"))
         if not agents:
             raise typer.BadParameter(f"no zoo agents under {root}; run `recursivemas zoo build` first")
-        records = generate("validation", n, seed, steps=(2, 3))
+        records = generate("validation", n, seed)
         for agent in agents:
             model, tok = load_agent(agent)
-            typer.echo(f"{agent.name}: {json.dumps({k: round(v, 3) for k, v in evaluate_agent(model, tok, records).items()})}")
+            spec = AGENTS.get(agent.name)
+            roles = list(spec.roles or BASE_ROLES) if spec else ["solver"]
+            acc = evaluate_agent(model, tok, records, roles, seed)
+            typer.echo(f"{agent.name}: {json.dumps({k: round(v, 3) for k, v in acc.items()})}")
 
     @zoo.command("table")
     def table_cmd(path: Optional[Path] = typer.Option(None, "--path", help="Zoo folder (default: the package's zoo_models/).")) -> None:
         """Print the agents table of docs/zoo.md from the zoo's zoo_report.json."""
-        from recursivemas.zoo.build import REPORT, ZOO_DIR, report_markdown
+        from recursivemas.bundled.zoo.build import REPORT, ZOO_DIR, report_markdown
 
         file = (path or ZOO_DIR) / REPORT
         if not file.is_file():
@@ -71,21 +76,24 @@ def register(app: typer.Typer) -> None:
         system: str = typer.Option("sequential,distillation", "--system",
                                    help="Comma-separated bundled systems whose links to train (sequential, distillation, mixture, deliberation)."),
         steps: int = typer.Option(200, "--steps", help="Outer-loop steps."),
-        inner_steps: int = typer.Option(80, "--inner-steps", help="Inner-loop steps."),
+        inner_steps: int = typer.Option(60, "--inner-steps", help="Inner-loop steps."),
         records: int = typer.Option(480, "--records", help="World training problems."),
         latent_source: str = typer.Option("rollout", "--latent-source", help="Outer-loop latents: rollout, teacher or mixed (docs/training.md)."),
-        latent_steps: int = typer.Option(4, "--latent-steps", help="Rollout length m while training (the system file keeps its tuned m)."),
-        rounds: int = typer.Option(3, "--rounds", help="Rounds unrolled while training (the system file keeps its tuned rounds)."),
+        latent_steps: int = typer.Option(2, "--latent-steps", help="Rollout length m while training (the system file keeps its tuned m)."),
+        rounds: int = typer.Option(1, "--rounds", help="Rounds unrolled while training (the system file keeps its tuned rounds)."),
         workers: int = typer.Option(2, "--workers", help="Systems trained at once, one process and one torch thread each."),
+        lr: float = typer.Option(1e-3, "--lr", help="Learning rate of both loops."),
+        link_init: str = typer.Option("ridge", "--link-init", help="Outer links start as: ridge (least squares to the receiver's embedding "
+                                      "of the sender's next token: a text hand-off in latent form) or random."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Train bundled systems' links on the world's train split and ship them beside their system files."""
-        from recursivemas.bundle import train_bundled
+        from recursivemas.bundled import train_bundled
 
         names = [n.strip() for n in system.split(",") if n.strip()]
         try:
             seconds = train_bundled(names, workers=workers, steps=steps, inner_steps=inner_steps, records=records, seed=seed,
-                                    latent_source=latent_source, latent_steps=latent_steps, rounds=rounds)
+                                    latent_source=latent_source, latent_steps=latent_steps, rounds=rounds, link_init=link_init, lr=lr)
         except FileNotFoundError as err:
             raise typer.BadParameter(str(err), param_hint="--system") from None
         for name, s in seconds.items():

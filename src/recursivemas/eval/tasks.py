@@ -214,7 +214,7 @@ def _humaneval_records(split: str, limit: int | None, seed: int) -> list[dict[st
 
 
 def _world_records(split: str, limit: int | None, seed: int) -> list[dict[str, Any]]:
-    from recursivemas import world  # lazy: the world module is optional for every other task
+    from recursivemas.bundled import world  # lazy: the world module is optional for every other task
 
     return world.generate(split, limit if limit is not None else 500, seed=seed)
 
@@ -262,7 +262,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
           {"question": "Question", "answer": "Answer"}, _qa),
     _task("world", "math", None, {"train": "train", "validation": "validation", "test": "test"},
           {"id": "id", "question": "question", "answer": "answer"}, _world, records=_world_records,
-          note="procedural (recursivemas.world); --limit sets how many are drawn (default 500)"),
+          note="procedural (recursivemas.bundled.world); --limit sets how many are drawn (default 500)"),
 )}
 
 

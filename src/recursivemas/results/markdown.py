@@ -44,7 +44,7 @@ def render_results(res: dict[str, Any], plots: dict[str, str]) -> str:
         "column says \"paper\". Rerun the command to regenerate this page and its plots.",
         "",
         f"- System: `{_rel(res['system'])}`; agents {agents}. Links evaluated in (a) and (c): {res['main_links']}.",
-        f"- Task: the procedural arithmetic world (`recursivemas.world`), problems of {data['world_steps'][0]}-"
+        f"- Task: the procedural arithmetic world (`recursivemas.bundled.world`), problems of {data['world_steps'][0]}-"
         f"{data['world_steps'][1]} operations; strict grading (an answer without `#### n` is wrong).",
         f"- Data: {data['train']} train problems for every training run; {data['validation']} validation problems for "
         f"choosing m and rounds; {data['test']} test problems for every reported accuracy; {data['heldout']} further "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import recursivemas
-from recursivemas import world
+from recursivemas.bundled import world
 from recursivemas.eval.harness import accuracy
 from recursivemas.eval.tasks import Example
 from recursivemas.eval.tune import pick
@@ -83,8 +83,8 @@ def resolve_budget(budget: str | Budget) -> Budget:
 
 def default_system_path() -> Path:
     """The bundled sequential system: its trained directory if shipped, else the plain system file."""
-    trained = PACKAGE / "zoo_models" / "systems" / "sequential"
-    return trained if (trained / "system.yaml").is_file() else PACKAGE / "configs" / "sequential.yaml"
+    trained = PACKAGE / "bundled" / "zoo_models" / "systems" / "sequential"
+    return trained if (trained / "system.yaml").is_file() else PACKAGE / "bundled" / "configs" / "sequential.yaml"
 
 
 def world_examples(split: str, n: int, seed: int, steps: tuple[int, int]) -> list[Example]:

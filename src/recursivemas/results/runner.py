@@ -93,7 +93,7 @@ def _run_stages(run: ReportRun) -> Path:
     res["main_links"] = "shipped" if shipped else "trained in this run (teacher latents)"
     res["shipped_training"] = arms.shipped_steps(system_path) if shipped else None
     res["agents"] = arms.agent_params(main)
-    res["zoo_agents"] = all(PACKAGE / "zoo_models" in Path(main.config.resolve(a.model)).resolve().parents
+    res["zoo_agents"] = all(PACKAGE / "bundled" / "zoo_models" in Path(main.config.resolve(a.model)).resolve().parents
                             for a in main.config.agents.values())
     with run.timed("(c) validation sweep: m x rounds"):
         val_records = []

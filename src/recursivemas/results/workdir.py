@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from recursivemas import world
+from recursivemas.bundled import world
 from recursivemas.eval.harness import evaluate
 from recursivemas.results.protocol import Budget, world_examples
 
