@@ -12,6 +12,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from recursivemas.config import AgentConfig, ConfigError
+from recursivemas.gguf import is_gguf, local_model_dir
 from recursivemas.markers import FIELD_RE, MARKER_RE
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -93,7 +94,9 @@ def check_model_dir(model_path: str) -> None:
 
 
 def load_model_and_tokenizer(config: AgentConfig, model_path: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Load a frozen causal LM and its tokenizer from a local directory or a hub id."""
+    """Load a frozen causal LM and its tokenizer from a local directory, a hub id or a GGUF file (``recursivemas.gguf``)."""
+    if is_gguf(model_path, config.gguf_file):  # converted once to a cached Hugging Face directory
+        model_path = local_model_dir(model_path, config.gguf_file)
     check_model_dir(model_path)
     # `is True`: only a real boolean may run a model directory's own code (load_config checks the type too)
     kwargs = dict(trust_remote_code=config.trust_remote_code is True, revision=config.revision)
@@ -147,9 +150,10 @@ class Agent:
         """The full chat prompt up to the start of the assistant turn, in this agent's own template."""
         system = self.config.system_prompt
         template = self.config.chat_template or self.tokenizer.chat_template
-        if template is None:  # plain fallback for base models without a chat template
-            bos = self.tokenizer.bos_token or ""
-            return f"{bos}{system + chr(10) + chr(10) if system else ''}{user}\n"
+        if template is None:  # plain format for base models (docs/real_models.md): BOS, system, blank line, prompt
+            bos = self.tokenizer.bos_token or ""  # Gemma degrades badly without its BOS
+            # No newline after the prompt: a base model continues right where it ends (e.g. after "Answer:").
+            return f"{bos}{system + chr(10) + chr(10) if system else ''}{user}"
         messages = [{"role": "user", "content": user}]
         try:
             with_system = [{"role": "system", "content": system}] + messages if system else messages

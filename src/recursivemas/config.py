@@ -59,7 +59,7 @@ def check_device(section: str, device: str) -> None:
 
 @dataclass
 class AgentConfig:
-    model: str
+    model: str  # a model directory, hub id, .gguf file or pkg: file (docs/real_models.md)
     prompt: str
     system_prompt: str = ""
     dtype: str = "float32"
@@ -68,6 +68,7 @@ class AgentConfig:
     revision: str | None = None
     chat_template: str | None = None  # overrides the tokenizer's template
     target: str | None = None  # training-data field this role learns to produce
+    gguf_file: str | None = None  # a .gguf file inside the 'model' directory
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_remote_code, bool):  # a string like "false" is truthy: it would run remote code

@@ -110,30 +110,48 @@ class LatentMASLink(nn.Module):
     """Training-free map for one model (LatentMAS, docs/method.md#baselines).
 
     ``h -> h @ W_a`` with ``W_a = (W_out^T W_out + lam I)^-1 W_out^T W_in``, rescaled so outputs have
-    the mean input-embedding norm. Usable wherever an ``InnerLink`` is expected.
+    the mean input-embedding norm. Usable wherever an ``InnerLink`` is expected. ``W_in`` is the table as
+    the model's embedding module outputs it: Gemma's multiplies the raw table by sqrt(hidden), and a
+    raw-table norm would make every thought about 25x too small on gemma-3-270m.
     """
 
     def __init__(self, w_a: torch.Tensor, target_norm: float) -> None:
         super().__init__()
-        self.register_buffer("w_a", w_a)
+        self.register_buffer("w_a", w_a, persistent=False)  # recomputed from the model at load: never stored in link files
         self.target_norm = float(target_norm)
         self.hidden_size = w_a.shape[0]
 
     @classmethod
     @torch.no_grad()
     def from_model(cls, model: nn.Module, lam: float = 1e-5) -> "LatentMASLink":
-        w_in = model.get_input_embeddings().weight.detach().double()  # [V, d]
+        embedding = model.get_input_embeddings()
+        scale = _embedding_scale(embedding)  # the table as the model sees it, [V, d]
         head = model.get_output_embeddings()
         if head is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings; the LatentMAS map needs an LM head")
-        w_out = head.weight.detach().double()  # [V, d]
+        w_out = head.weight.detach().float()  # [V, d]
         d = w_out.shape[1]
-        w_a = torch.linalg.solve(w_out.T @ w_out + lam * torch.eye(d, dtype=w_out.dtype), w_out.T @ w_in)
-        return cls(w_a.float(), w_in.norm(dim=-1).mean().item())
+        # float32 products, double solve: a 262k-row vocabulary (Gemma) takes seconds, not half a minute, in float32.
+        gram = (w_out.T @ w_out).double()
+        tied = head.weight is embedding.weight
+        cross = gram if tied else (w_out.T @ embedding.weight.detach().float()).double()
+        w_a = torch.linalg.solve(gram + lam * torch.eye(d, dtype=gram.dtype), cross) * scale
+        target_norm = embedding.weight.detach().float().norm(dim=-1).mean().item() * scale
+        return cls(w_a.float(), target_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.to(self.w_a.dtype) @ self.w_a
         return y * (self.target_norm / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+@torch.no_grad()
+def _embedding_scale(embedding: nn.Module, probe: int = 64) -> float:
+    """The factor the embedding module applies on top of its table (1 for plain tables, sqrt(d) for Gemma)."""
+    ids = torch.arange(min(probe, embedding.weight.shape[0]), device=embedding.weight.device)
+    raw = embedding.weight[ids].double().norm(dim=-1)
+    seen = embedding(ids).double().norm(dim=-1)
+    keep = raw > 0
+    return float((seen[keep] / raw[keep]).mean()) if keep.any() else 1.0
 
 
 def load_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

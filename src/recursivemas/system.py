@@ -111,9 +111,9 @@ class System:
         dump_config(config, directory / CONFIG_NAME)
 
     def _portable_path(self, model: str) -> str:
-        """Local model directories are saved as absolute paths so the saved system loads from anywhere."""
+        """Local model directories (and .gguf files) are saved as absolute paths so the saved system loads from anywhere."""
         path = Path(self.config.resolve(model))
-        return str(path.resolve()) if path.is_dir() else model
+        return str(path.resolve()) if path.exists() else model
 
     def place_links(self) -> None:
         """Inner links live on their agent's device, outer links on the receiver's."""
@@ -392,7 +392,7 @@ def _load_agents(config: SystemConfig) -> dict[str, Agent]:
     agents = {}
     for name, agent_config in config.agents.items():
         path = config.resolve(agent_config.model)
-        key = (path, agent_config.dtype, agent_config.device, agent_config.revision, agent_config.trust_remote_code)
+        key = (path, agent_config.gguf_file, agent_config.dtype, agent_config.device, agent_config.revision, agent_config.trust_remote_code)
         if key not in loaded:
             loaded[key] = load_model_and_tokenizer(agent_config, path)
         agents[name] = Agent(name, agent_config, *loaded[key])

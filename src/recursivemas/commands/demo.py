@@ -28,11 +28,19 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where records, summary.json, report.md and plots go."),
     channel: bool = typer.Option(True, "--channel/--no-channel", help="Add the channel tests: latents shuffled across questions and zeroed, text shuffled, gold upstream text."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads; tiny agents run fastest on one, and a busy machine makes more much slower."),
+    task: str = typer.Option("world", "--task", help="world (the bundled tiny systems) or facts (the real-model system, docs/real_models.md)."),
 ) -> None:
     """Run the bundled default in every mode and compare accuracy, tokens and time."""
     import torch
 
     torch.set_num_threads(threads)
+    if task == "facts":  # real GGUF models on the reader -> answerer task: channel tests and speed (recursivemas.real)
+        from recursivemas.real import run_demo
+
+        run_demo(limit=limit, out=out if out != Path("runs/demo") else Path("runs/demo-real"), system_path=system)
+        return
+    if task != "world":
+        raise typer.BadParameter(f"unknown task {task!r}; choose world or facts", param_hint="--task")
     from recursivemas import System
     from recursivemas.bundled import bundled_config
     from recursivemas.eval.harness import evaluate, parse_list

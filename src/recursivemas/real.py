@@ -1,0 +1,188 @@
+"""The bundled real-model system (``bundled/configs/real.yaml``): train its links, measure it with the channel tests.
+
+gemma-3-270m reads a passage of facts (``recursivemas.facts``), SmolLM2-135M-Instruct answers without
+seeing it; both load from GGUF files shipped by Python packages (``recursivemas.gguf``). See docs/real_models.md.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recursivemas import facts
+
+CONFIG = Path(__file__).resolve().parent / "bundled" / "configs" / "real.yaml"
+LINKS = CONFIG.with_name("real.links.safetensors")
+
+
+def load(with_links: bool = True):
+    """The bundled real system; ``with_links=False`` starts from fresh (untrained) links."""
+    from recursivemas import System
+
+    data = yaml.safe_load(CONFIG.read_text())
+    if not with_links or not LINKS.is_file():
+        data["links"] = {**data.get("links", {}), "checkpoint": None}
+    return System.from_config({**data, "base_dir": str(CONFIG.parent)})
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_links(steps: int = 30, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
+    """Train the outer links of the real system on facts' train split (rollout latents, ridge init); returns the summary.
+
+    Writes the links to ``out`` (default: ``bundled/configs/real.links.safetensors``, shipped in float16).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from recursivemas.train import TrainConfig, train
+
+    system = load(with_links=False)
+    settings = dict(stage="outer", steps=steps, lr=1e-3, batch_size=8, seed=seed, progress=True, eval_generate=False,
+                    latent_source="rollout", warmup_steps=min(10, steps // 5), ridge_records=128, eval_fraction=0.05,
+                    checkpoint_every=10**6)
+    settings.update(overrides)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train(system, facts.generate("train", records, seed=seed), TrainConfig(**settings), tmp)
+        state = load_file(str(Path(tmp) / "links.safetensors"))
+    summary["train_seconds"] = time.perf_counter() - start
+    summary["seconds_per_step"] = summary["train_seconds"] / max(steps, 1)
+    summary["peak_rss_mb"] = peak_rss_mb()
+    target = Path(out) if out else LINKS
+    save_file({k: v.half().contiguous() for k, v in state.items()}, str(target), metadata={"kind": system.links.kind})  # float16 halves the file
+    summary["links_bytes"] = target.stat().st_size
+    return summary
+
+
+def is_correct(records: list[dict]):
+    """The channel tests' grader for ``records`` (strict, ``facts.grade``)."""
+    return lambda text, i: facts.grade(text, records[i])
+
+
+def passage_gold(records: list[dict]) -> list[dict[str, str]]:
+    """The ceiling arm: the answerer's slot holds the passage itself."""
+    return [{"NOTE": r["passage"]} for r in records]
+
+
+def channel(system, records: list[dict], rounds: int, latent_steps: int | None = None, batch_size: int = 16):
+    """Every channel-test arm on ``records``: as run / shuffled / zeroed per mode, the passage given, the answerer alone."""
+    from recursivemas.channel import channel_test
+
+    return channel_test(system, records, is_correct(records), gold=passage_gold(records), rounds=rounds,
+                        latent_steps=latent_steps, batch_size=batch_size)
+
+
+def speed(system, records: list[dict], rounds: int, batch_size: int = 16) -> dict[str, dict[str, float]]:
+    """Wall time and generated tokens per problem in latent and text mode at ``rounds`` (measured back to back)."""
+    out = {}
+    for mode in ("latent", "text"):
+        start = time.perf_counter()
+        results = system.run(records, mode=mode, rounds=rounds, batch_size=batch_size)
+        seconds = time.perf_counter() - start
+        out[mode] = {"seconds_per_problem": seconds / len(records),
+                     "generated_tokens": sum(r.usage.generated_tokens for r in results) / len(results),
+                     "accuracy": 100 * sum(facts.grade(r.text, rec) for r, rec in zip(results, records)) / len(records)}
+    out["speedup"] = out["text"]["seconds_per_problem"] / out["latent"]["seconds_per_problem"]
+    out["token_reduction"] = 1 - out["latent"]["generated_tokens"] / max(out["text"]["generated_tokens"], 1e-9)
+    return out
+
+
+def speed_table(speeds: dict[int, dict]) -> str:
+    """Markdown: latent vs text per number of rounds."""
+    lines = ["| rounds | latent s/problem | text s/problem | speed-up | latent tokens | text tokens | fewer tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for r, s in sorted(speeds.items()):
+        lines.append(f"| {r} | {s['latent']['seconds_per_problem']:.2f} | {s['text']['seconds_per_problem']:.2f} | {s['speedup']:.1f}x | "
+                     f"{s['latent']['generated_tokens']:.1f} | {s['text']['generated_tokens']:.1f} | {100 * s['token_reduction']:.1f}% |")
+    return "\n".join(lines)
+
+
+def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int, ...] = (1, 3), speed_problems: int = 16,
+             out: Path = Path("runs/demo-real"), system_path: Path | None = None) -> dict:
+    """`make demo-real`: the channel tests on ``limit`` held-out test problems, then latent vs text speed."""
+    import json
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from recursivemas import System
+
+    console = Console()
+    start = time.perf_counter()
+    system = (System.from_pretrained(system_path) if system_path.is_dir() else System.from_config(system_path)) if system_path else load()
+    console.print(f"[bold]{system}[/bold] ({time.perf_counter() - start:.0f}s to load)")
+    records = facts.generate("test", limit)
+    rounds = system.config.rounds if rounds is None else rounds
+    report = channel(system, records, rounds)
+    speeds = {r: speed(system, records[:speed_problems], r) for r in speed_rounds}
+    text = (f"# Real models: {system.config.name}\n\n{limit} held-out test problems (facts, 4 options, strict grading); "
+            f"m = {system.config.latent_steps}; {time.strftime('%Y-%m-%d')}, {_machine()}.\n\n## Channel tests\n\n"
+            f"{report.to_markdown()}\n\n## Latent vs text ({speed_problems} problems, measured back to back)\n\n{speed_table(speeds)}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text)
+    summary = {"channel": report.to_dict(), "speed": speeds, "seconds": time.perf_counter() - start}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    console.print(Markdown(text))
+    console.print(f"report {out / 'report.md'}, summary {out / 'summary.json'} ({summary['seconds']:.0f}s in all)")
+    return summary
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def tune(n: int = 32, grid: tuple[tuple[int, int], ...] = ((1, 8), (1, 4), (1, 16), (2, 8), (3, 8)), write: bool = True) -> dict:
+    """Choose rounds and m on the validation split (latent accuracy; ties go to fewer rounds, then smaller m)."""
+    system = load()
+    records = facts.generate("validation", n)
+    scores = {}
+    for rounds, m in grid:
+        results = system.run(records, mode="latent", rounds=rounds, latent_steps=m, batch_size=16)
+        scores[(rounds, m)] = 100 * sum(facts.grade(r.text, rec) for r, rec in zip(results, records)) / n
+        print(f"validation n={n}: rounds={rounds} m={m}: {scores[(rounds, m)]:.1f}%", flush=True)
+    best = max(scores, key=lambda k: (scores[k], -k[0], -k[1]))
+    if write:
+        data = yaml.safe_load(CONFIG.read_text())
+        data.update(rounds=best[0], latent_steps=best[1], tuned_on="facts/validation")
+        header = "".join(line + "\n" for line in CONFIG.read_text().splitlines() if line.startswith("#"))
+        CONFIG.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000))
+    return {"scores": {f"rounds={r},m={m}": s for (r, m), s in scores.items()}, "best": {"rounds": best[0], "latent_steps": best[1]}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m recursivemas.real train|tune|demo``: how the shipped links and settings were made."""
+    import argparse
+    import json
+
+    import torch
+
+    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(prog="python -m recursivemas.real")
+    parser.add_argument("command", choices=("train", "tune", "demo"))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--records", type=int, default=800)
+    parser.add_argument("-n", type=int, default=None, help="problems (tune: validation, default 32; demo: test, default 64)")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        summary = train_links(steps=args.steps, records=args.records)
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str))
+    elif args.command == "tune":
+        print(json.dumps(tune(n=args.n or 32), indent=1))
+    else:
+        run_demo(limit=args.n or 64)
+
+
+if __name__ == "__main__":
+    main()
