@@ -7,7 +7,6 @@ seeing it; both load from GGUF files shipped by Python packages (``recursivemas.
 from __future__ import annotations
 
 import resource
-import shutil
 import tempfile
 import time
 from pathlib import Path

@@ -22,7 +22,6 @@ would run past an agent's position limit (400, naming the field).
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
 import math
 import secrets
@@ -40,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recursivemas.agent import Slot
 from recursivemas.kv import position_limit
+from recursivemas.validation import close_match
 from recursivemas.system import MODES, Cancelled, RunResult, System
 
 # Standard OpenAI fields this server accepts only at their neutral value: anything else is a 400, never
@@ -246,8 +246,8 @@ class Batcher:
 def _check_fields(body: dict, allowed: tuple[str, ...]) -> None:
     for key, value in body.items():
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else " See docs/serving.md for the supported fields."
+            close = close_match(key, allowed)
+            hint = f" Did you mean {close!r}?" if close else " See docs/serving.md for the supported fields."
             raise APIError(f"unknown field {key!r}.{hint}", key)
         if key in _NEUTRAL and value not in _NEUTRAL[key]:
             raise APIError(f"{key!r} is not supported by this server; remove it (the decoder stops at its "

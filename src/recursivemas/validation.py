@@ -24,11 +24,17 @@ class ConfigError(ValueError):
     """A system file that cannot be used as written."""
 
 
+def close_match(key: Any, allowed: Iterable[str]) -> str | None:
+    """The allowed name a mistyped ``key`` most likely meant, if any is close: the one suggestion rule."""
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    return close[0] if close else None
+
+
 def unknown_key_message(section: str, key: Any, allowed: Iterable[str]) -> str:
     """``section: unknown key 'x'. Did you mean 'y'?`` (or the allowed keys when nothing is close)."""
     allowed = list(allowed)
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else f" Allowed keys: {', '.join(allowed)}."
+    close = close_match(key, allowed)
+    hint = f" Did you mean {close!r}?" if close else f" Allowed keys: {', '.join(allowed)}."
     return f"{section}: unknown key {key!r}.{hint}"
 
 

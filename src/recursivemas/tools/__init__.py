@@ -73,10 +73,10 @@ def validate_tool_spec(spec: Any) -> None:
         raise ValueError(f"tools spec must be a mapping, got {type(spec).__name__}")
     unknown = sorted(map(str, set(spec) - set(TOOL_NAMES) - set(LOOP_KEYS)))
     if unknown:
-        import difflib
+        from recursivemas.validation import close_match
 
-        close = difflib.get_close_matches(unknown[0], [*TOOL_NAMES, *LOOP_KEYS], n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = close_match(unknown[0], [*TOOL_NAMES, *LOOP_KEYS])
+        hint = f"did you mean {close!r}? " if close else ""
         raise ValueError(
             f"unknown tool(s) {unknown} in tools spec; {hint}known tools: {', '.join(TOOL_NAMES)} "
             f"(loop options: {', '.join(LOOP_KEYS)})"

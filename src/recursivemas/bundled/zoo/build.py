@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from recursivemas.machine import describe as describe_machine
 from recursivemas.bundled.world import DOMAINS, generate, write_jsonl
 from recursivemas.bundled.zoo.agents import AGENTS, TOKENIZERS, AgentSpec
 from recursivemas.bundled.zoo.pretrain import facts_accuracy, generate_texts, pretrain, role_accuracy
@@ -197,7 +196,7 @@ def build(
     corpus = tokenizer_corpus(data["train"][:1500])
     report: dict[str, Any] = {
         "seed": seed, "steps_scale": steps_scale, "workers": workers, "torch_threads_per_worker": 1,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "validation": f"first {EVAL_N} validation problems of 2-3 steps, seed {seed}",
+        "machine": describe_machine(load=False, threads=1), "validation": f"first {EVAL_N} validation problems of 2-3 steps, seed {seed}",
         "agents": {},
     }
     with tempfile.TemporaryDirectory() as tmp:

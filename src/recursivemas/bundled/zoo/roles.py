@@ -16,13 +16,12 @@ markers gives the same tokens (the zoo tokenizers never merge across a newline).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from recursivemas.markers import SLOT_RE
 from recursivemas.bundled.world import DOMAINS
 
-SLOT_RE = re.compile(r"<<([A-Za-z][A-Za-z0-9_]*)>>")
 
 
 @dataclass(frozen=True)
