@@ -385,6 +385,11 @@ def _build_root(cfg: dict) -> None:
     os.umask(0o022)  # the skeleton dirs must be traversable by the run's uid whatever the caller's umask
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount propagates to the host
     _mount(libc, "tmpfs", new, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    # the only writable place: one tmpfs for /tmp and the working dir, capped as a whole. Mounted before the
+    # interpreter's dirs, so an interpreter that lives under /tmp (a venv in a temp checkout) is bound on top of it.
+    os.makedirs(new + "/tmp", 0o755)
+    _mount(libc, "tmpfs", new + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,  # no dropped binaries
+           f"size={cfg['box_mb']}m,nr_inodes=16384,mode=1777")
     for d in cfg["ro_dirs"]:
         os.makedirs(new + d, 0o755, exist_ok=True)
         _bind_read_only(libc, d, new + d)
@@ -397,10 +402,6 @@ def _build_root(cfg: dict) -> None:
         if os.path.exists(f"/dev/{dev}"):
             open(f"{new}/dev/{dev}", "w").close()
             _mount(libc, f"/dev/{dev}", f"{new}/dev/{dev}", None, _MS_BIND)
-    # the only writable place: one tmpfs for /tmp and the working dir, capped as a whole
-    os.makedirs(new + "/tmp", 0o755)
-    _mount(libc, "tmpfs", new + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,  # no dropped binaries
-           f"size={cfg['box_mb']}m,nr_inodes=16384,mode=1777")
     box = new + cfg["box"]
     os.makedirs(box, 0o700)
     os.chmod(os.path.dirname(box), 0o755)
