@@ -20,7 +20,7 @@ import torch
 from common import record
 from recursivemas import System
 from recursivemas.bundled import bundled_config
-from recursivemas.bundled.world import generate, grade
+from recursivemas.bundled.world import generate, is_correct
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
             results = system.run(questions, mode=mode, rounds=args.rounds, batch_size=len(questions), reuse_prefix=reuse)
             seconds[mode, reuse] = time.perf_counter() - start
             n = len(results)
-            accuracy = sum(grade(r.text, rec["answer"]) for r, rec in zip(results, records)) / n
+            accuracy = sum(is_correct(r.text, rec["answer"]) for r, rec in zip(results, records)) / n
             positions = sum(r.usage.input_positions for r in results) / n
             calls = sum(r.usage.forward_calls for r in results) / n
             rows.append(f"| {mode} | {'on' if reuse else 'off'} | {accuracy:.1%} | {positions:.0f} | {calls:.1f} | {seconds[mode, reuse]:.2f} |")

@@ -103,14 +103,14 @@ def test_tool_caller_runs_python_in_the_sandbox_and_reads_the_result(systems) ->
 
 
 def test_the_tool_helps_the_tool_caller(systems) -> None:
-    from recursivemas.bundled.world import grade
+    from recursivemas.bundled.world import is_correct
 
     records = generate("validation", 16, seed=0)
     questions = [r["question"] for r in records]
     with_tool = systems["deliberation"].run(questions, mode="text", rounds=1)
     without = System.from_config(_config("deliberation", tools={})).run(questions, mode="text", rounds=1)
     assert all(not r.tool_calls for r in without)
-    acc = {k: sum(grade(r.text, rec["answer"]) for r, rec in zip(v, records)) for k, v in (("tool", with_tool), ("none", without))}
+    acc = {k: sum(is_correct(r.text, rec["answer"]) for r, rec in zip(v, records)) for k, v in (("tool", with_tool), ("none", without))}
     assert acc["tool"] >= acc["none"] + MIN_TOOL_GAIN, acc
 
 

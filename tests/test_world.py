@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from recursivemas.bundled.world import DOMAINS, FACT_OP, FACTS, extract_answer, generate, grade, read_jsonl, split_of, write_jsonl
+from recursivemas.bundled.world import DOMAINS, FACT_OP, FACTS, extract_answer, generate, is_correct, read_jsonl, split_of, write_jsonl
 
 FIELDS = {"id", "question", "answer", "facts", "plan", "refined_plan", "solution", "expert", "domain", "steps", "hidden", "item"}
 
@@ -69,7 +69,7 @@ def test_role_targets_consistent(split: str) -> None:
         assert lines[-1].startswith("answer = ") and env[lines[-1].split(" = ")[1]] == answer
         # Every equation of the worked solution is true, and both worked targets end with the final line.
         text = r["solution"]
-        assert text.endswith(f"#### {answer}") and grade(text, r["answer"])
+        assert text.endswith(f"#### {answer}") and is_correct(text, r["answer"])
         for lhs, rhs in re.findall(r"(\d+ [-+*/] \d+) = (\d+)", text):
             assert eval(lhs.replace("/", "//")) == int(rhs)  # noqa: S307
         # The expert explains every step in words and leaves the arithmetic to the learner.
@@ -134,12 +134,12 @@ def test_knobs() -> None:
     ],
 )
 def test_grade_strict(prediction: str, ok: bool) -> None:
-    assert grade(prediction, "7") is ok
+    assert is_correct(prediction, "7") is ok
 
 
 def test_grade_integers_and_extract() -> None:
-    assert grade("#### 007", "7")
-    assert not grade("#### 7", "not a number")
+    assert is_correct("#### 007", "7")
+    assert not is_correct("#### 7", "not a number")
     assert extract_answer("no answer here") is None
     assert extract_answer("#### 12\n") == "12"
 

@@ -151,7 +151,7 @@ MIN_CHANNEL_GAIN = {"sequential": 0.25, "distillation": 0.25}
 
 
 def _latent_accuracy(system, records, shuffle: bool) -> float:
-    from recursivemas.bundled.world import grade
+    from recursivemas.bundled.world import is_correct
 
     n = len(records)
     perm = [(i + 1) % n for i in range(n)]  # a derangement: no question keeps its own latents
@@ -165,7 +165,7 @@ def _latent_accuracy(system, records, shuffle: bool) -> float:
     finally:
         for key, forward in originals.items():
             system.links.outer[key].forward = forward
-    return sum(grade(res.text, r["answer"]) for res, r in zip(results, records)) / n
+    return sum(is_correct(res.text, r["answer"]) for res, r in zip(results, records)) / n
 
 
 @needs_zoo

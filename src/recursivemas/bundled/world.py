@@ -21,7 +21,7 @@ Each record carries a target for every role a bundled system uses:
 - ``solution``: worked arithmetic, one equation a line, ending ``#### <n>`` (solver/learner).
 - ``expert``: the facts line, then each step in words with its unit, no arithmetic (distillation expert: it
   explains what happens; the learner computes).
-- ``answer``: the final number alone, as a string (what :func:`grade` compares against).
+- ``answer``: the final number alone, as a string (what :func:`is_correct` compares against).
 - ``<domain>_notes`` for each of ``DOMAINS`` (mixture experts): the facts line when the problem is in
   that domain, else ``Not a <domain> problem.``; a domain expert knows its own domain's facts.
 - ``program``: the chain as a short Python program (``x = 6`` / ``x = x - 7`` / ... / ``print(x)``).
@@ -293,7 +293,7 @@ def extract_answer(text: str) -> str | None:
     return found[-1] if found else None
 
 
-def grade(prediction: str, answer: str) -> bool:
+def is_correct(prediction: str, answer: str) -> bool:
     """True when the prediction's stated final answer (see :func:`extract_answer`) equals `answer` as an integer."""
     got = extract_answer(prediction)
     if got is None:

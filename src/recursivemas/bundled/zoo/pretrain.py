@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recursivemas.bundled.world import grade
+from recursivemas.bundled.world import is_correct
 from recursivemas.bundled.zoo.roles import ROLES, Role, render_prompt, training_text
 
 # How often each role is drawn; the answer-writing roles get most of the budget.
@@ -192,7 +192,7 @@ def role_accuracy(
     (``gold=True`` or ``"gold"``) or with only the facts line of it (``"facts"``)."""
     fill = gold if isinstance(gold, str) else ("gold" if gold else "none")
     preds = role_outputs(model, tokenizer, records, role, fill, max_new_tokens)
-    return sum(grade(p, rec["answer"]) for p, rec in zip(preds, records)) / max(1, len(records))
+    return sum(is_correct(p, rec["answer"]) for p, rec in zip(preds, records)) / max(1, len(records))
 
 
 def facts_accuracy(model, tokenizer, records: Sequence[dict[str, Any]], role: str, fill: str = "none") -> float:

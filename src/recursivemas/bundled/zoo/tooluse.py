@@ -14,7 +14,7 @@ from typing import Any
 
 from recursivemas.tools.loop import ToolLoop
 from recursivemas.tools.python_tool import PythonTool
-from recursivemas.bundled.world import grade
+from recursivemas.bundled.world import is_correct
 from recursivemas.bundled.zoo.pretrain import generate_texts
 from recursivemas.bundled.zoo.roles import ROLES, render_prompt
 
@@ -43,4 +43,4 @@ def tool_accuracy(model, tokenizer, records: Sequence[dict[str, Any]], *, use_to
     r = ROLES[role]
     prompts = [render_prompt(tokenizer, r, rec, r.gold_fill(rec) if gold else None) for rec in records]
     texts = answer_with_tool(model, tokenizer, prompts) if use_tool else generate_texts(model, tokenizer, prompts, 96)
-    return sum(grade(t, rec["answer"]) for t, rec in zip(texts, records)) / max(1, len(records))
+    return sum(is_correct(t, rec["answer"]) for t, rec in zip(texts, records)) / max(1, len(records))
