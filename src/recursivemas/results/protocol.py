@@ -56,7 +56,7 @@ class Budget:
 
 BUDGETS = {
     "full": Budget("full", train_records=2000, inner_steps=100, outer_steps=100, batch_size=4, val_n=100, test_n=200,
-                   heldout_n=32, m_grid=(0, 4, 8, 16, 32)),
+                   heldout_n=32, m_grid=(0, 1, 2, 4, 8, 16, 32)),
     "smoke": Budget("smoke", train_records=16, inner_steps=2, outer_steps=2, batch_size=2, val_n=4, test_n=4,
                     heldout_n=2, m_grid=(0, 2, 4), rounds_grid=(1, 2), eval_batch=8),
 }
