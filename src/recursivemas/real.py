@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from recursivemas import facts
+from recursivemas.machine import describe as describe_machine
 
 CONFIG = Path(__file__).resolve().parent / "bundled" / "configs" / "real.yaml"
 LINKS = CONFIG.with_name("real.links.safetensors")
@@ -117,14 +118,14 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
 
     console = Console()
     start = time.perf_counter()
-    system = (System.from_pretrained(system_path) if system_path.is_dir() else System.from_config(system_path)) if system_path else load()
+    system = System.load(system_path) if system_path else load()
     console.print(f"[bold]{system}[/bold] ({time.perf_counter() - start:.0f}s to load)")
     records = facts.generate("test", limit)
     rounds = system.config.rounds if rounds is None else rounds
     report = channel(system, records, rounds)
     speeds = {r: speed(system, records[:speed_problems], r) for r in speed_rounds}
     text = (f"# Real models: {system.config.name}\n\n{limit} held-out test problems (facts, 4 options, strict grading); "
-            f"m = {system.config.latent_steps}; {time.strftime('%Y-%m-%d')}, {_machine()}.\n\n## Channel tests\n\n"
+            f"m = {system.config.latent_steps}; {time.strftime('%Y-%m-%d')}, {describe_machine()}.\n\n## Channel tests\n\n"
             f"{report.to_markdown()}\n\n## Latent vs text ({speed_problems} problems, measured back to back)\n\n{speed_table(speeds)}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text)
@@ -133,13 +134,6 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
     console.print(Markdown(text))
     console.print(f"report {out / 'report.md'}, summary {out / 'summary.json'} ({summary['seconds']:.0f}s in all)")
     return summary
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
 
 
 def tune(n: int = 32, grid: tuple[tuple[int, int], ...] = ((1, 8), (1, 4), (1, 16), (2, 8), (3, 8)), write: bool = True) -> dict:
@@ -153,10 +147,9 @@ def tune(n: int = 32, grid: tuple[tuple[int, int], ...] = ((1, 8), (1, 4), (1, 1
         print(f"validation n={n}: rounds={rounds} m={m}: {scores[(rounds, m)]:.1f}%", flush=True)
     best = max(scores, key=lambda k: (scores[k], -k[0], -k[1]))
     if write:
-        data = yaml.safe_load(CONFIG.read_text())
-        data.update(rounds=best[0], latent_steps=best[1], tuned_on="facts/validation")
-        header = "".join(line + "\n" for line in CONFIG.read_text().splitlines() if line.startswith("#"))
-        CONFIG.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000))
+        from recursivemas.eval.tune import write_tuned_values
+
+        write_tuned_values(CONFIG, latent_steps=best[1], rounds=best[0], tuned_on="facts/validation")
     return {"scores": {f"rounds={r},m={m}": s for (r, m), s in scores.items()}, "best": {"rounds": best[0], "latent_steps": best[1]}}
 
 

@@ -272,10 +272,11 @@ class System:
         start = time.perf_counter()
         tail = prefixes.inputs([agent], {name: fills})
         # the prompt must fit; an answer that would run past the model's positions stops there (docs/engine.md)
-        check_room(name, agent.model, _positions(tail), 1, "the first token it writes")
+        used = _positions(tail)
+        check_room(name, agent.model, used, 1, "the first token it writes")
         limit = position_limit(agent.model)
         if limit is not None:
-            max_new = min(max_new, limit - _positions(tail))
+            max_new = min(max_new, limit - used)
         if action == "answer" and self.tool_loop is not None:
             return self._decode_with_tools(agent, tail, round_, max_new, usages, gen, generator, start, tool_log)
         ids, session = decode_batch(

@@ -43,7 +43,7 @@ def demo(
         raise typer.BadParameter(f"unknown task {task!r}; choose world or facts", param_hint="--task")
     from recursivemas import System
     from recursivemas.bundled import bundled_config
-    from recursivemas.eval.harness import evaluate, parse_list
+    from recursivemas.eval.harness import evaluate, parse_list, read_records
     from recursivemas.eval.report import compare_to_text, summarize, write_report
 
     path = system or bundled_config(name)
@@ -61,7 +61,7 @@ def demo(
             records += evaluate(loaded, "world", modes=["latent"], rounds=round_list, probes=["shuffle", "zero"], **common)
         if "text" in mode_list:
             records += evaluate(loaded, "world", modes=["text"], rounds=[max(round_list)], probes=["shuffle", "gold"], **common)
-        records = list({(r["mode"], r["rounds"], r["id"]): r for r in records}.values())
+        records = read_records(records_path)  # every arm once (each call also returned the arms already there)
     note = f"System `{path}`; {limit} held-out test problems; latent steps m = {loaded.config.latent_steps}" + (
         f" (tuned on {loaded.config.tuned_on})." if loaded.config.tuned_on else "."
     )
