@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-ARM_PROBES = ("none", "shuffle", "zero")
+MODE_ARMS = ("none", "shuffle", "zero")  # run for every mode; gold is a text-only extra
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def channel_test(
                    sum(r.usage.generated_tokens for r in results) / len(results))
 
     for mode in modes:
-        for probe in ARM_PROBES:
+        for probe in MODE_ARMS:
             arm(mode if probe == "none" else f"{mode}/{probe}", mode=mode, probe=probe, probe_seed=seed)
         report.gain[mode] = paired_difference(report.correct[mode], report.correct[f"{mode}/shuffle"], seed=seed)
     if gold is not None:
