@@ -40,3 +40,31 @@ def test_rows_leave_the_batch_and_decode_as_alone(tiny_agents, family):
     assert lengths[0] < lengths[-1], "the chosen eos tokens should stop the rows at different steps"
     assert session.forward_calls == max(len(r) for r in batched)  # prefill + one call per fed token
     assert session._cache.layers[0].keys.shape[0] < len(PROMPTS)  # finished rows were dropped from the cache
+
+
+def test_stop_strings_end_handoffs_and_answers_before_the_stop():
+    """``generation.stop``: the planner's hand-off is its free text cut before the first stop; nothing holds one."""
+    from dataclasses import replace
+
+    from recursivemas import System
+    from recursivemas.bundled import bundled_config
+    from recursivemas.bundled.world import generate
+
+    system = System.load(bundled_config("sequential"))
+    questions = [r["question"] for r in generate("validation", 4)]
+    free = system.run(questions, mode="text", rounds=1)
+    stopped = system.run(questions, mode="text", rounds=1, generation=replace(system.config.generation, stop=["\n"]))
+    for a, b in zip(free, stopped):
+        plan_free, plan_cut = a.handoffs[0]["text"], b.handoffs[0]["text"]
+        assert "\n" in plan_free.strip()  # the free plan runs over several lines, so the stop has work to do
+        assert plan_cut == plan_free[: plan_free.index("\n")]
+        assert all("\n" not in h["text"] for h in b.handoffs) and "\n" not in b.text
+        assert b.usage.steps[0].generated_tokens < a.usage.steps[0].generated_tokens
+
+
+def test_stop_strings_are_checked_in_the_system_file():
+    from recursivemas.config import ConfigError, GenerationConfig
+
+    with pytest.raises(ConfigError, match="generation.stop must be a list"):
+        GenerationConfig(stop=[""])
+    assert GenerationConfig(stop=["\n"]).stop == ["\n"]

@@ -105,10 +105,15 @@ class GenerationConfig:
     handoff_max_new_tokens: int = 128  # each text hand-off in text mode
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
+    # Stop strings (OpenAI's ``stop``): a hand-off or answer ends where one of these first appears, and its
+    # text ends before it. Base models need them: they never write an end-of-sequence token (docs/real_models.md).
+    stop: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.handoff_max_new_tokens < 1:
             raise ConfigError("generation.max_new_tokens and handoff_max_new_tokens must be >= 1")
+        if not all(isinstance(s, str) and s for s in self.stop) or len(self.stop) > 4:
+            raise ConfigError(f"generation.stop must be a list of at most 4 non-empty strings, got {self.stop!r:.80}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(f"generation needs temperature >= 0 and 0 < top_p <= 1; got {self.temperature}, {self.top_p}")
 

@@ -53,13 +53,17 @@ def _draw(rng: random.Random, facts: int) -> dict[str, Any]:
     options = [gold] + rng.sample([v for v in KINDS[kind][0] if v != gold], N_OPTIONS - 1)
     rng.shuffle(options)
     sentences = [KINDS[k][1].format(person=p, value=v) for p, k, v in zip(people, kinds, values)]
-    question = f"{KINDS[kind][2].format(person=people[asked])} Options: {', '.join(options)}."
+    ask = KINDS[kind][2].format(person=people[asked])
     return {
         "passage": " ".join(sentences),
-        "question": question,
+        "question": f"{ask} Options: {', '.join(options)}.",
+        "ask": ask,  # the question without its options: what the reader is told (options distract a small reader)
         "options": options,
         "answer": gold,
-        "fact": sentences[asked],  # the reader's target: the one sentence the answerer needs
+        # the reader's hand-off as a base model writes it after "Answer:": with its leading space the value is one
+        # token in both real models' vocabularies for most values, so one latent can carry it (docs/real_models.md)
+        "reply": " " + gold,
+        "fact": sentences[asked],  # the one sentence the answerer needs
         "kind": kind,
     }
 

@@ -6,6 +6,7 @@ text (tool results) and keep sampling. ``decode_batch`` is the common case in on
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -118,6 +119,19 @@ class DecodeSession:
         return out
 
 
+def stop_check(decode: Callable[[list[int]], str], stops: Sequence[str]) -> Callable[[list[int]], bool] | None:
+    """A ``stop`` for :meth:`DecodeSession.sample`: true once a row's text holds one of ``stops`` (None without stops)."""
+    if not stops:
+        return None
+    return lambda ids: any(s in decode(ids) for s in stops)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first of ``stops`` it holds (the stop string itself dropped, as OpenAI's ``stop``)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 @torch.no_grad()
 def decode_batch(
     model: nn.Module,
@@ -130,8 +144,9 @@ def decode_batch(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     past: Past | None = None,
+    stop: Callable[[list[int]], bool] | None = None,
 ) -> tuple[list[list[int]], DecodeSession]:
     """Decode a left-padded batch from embeddings (after ``past``, when given); returns the new token ids per row and the session's counts."""
     session = DecodeSession(model, eos_token_ids)
     session.prefill(inputs_embeds, attention_mask, past)
-    return session.sample(max_new_tokens, temperature, top_p, generator), session
+    return session.sample(max_new_tokens, temperature, top_p, generator, stop=stop), session

@@ -36,7 +36,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_links(steps: int = 30, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
+def train_links(steps: int = 80, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
     """Train the outer links of the real system on facts' train split (rollout latents, ridge init); returns the summary.
 
     Writes the links to ``out`` (default: ``bundled/configs/real.links.safetensors``, shipped in float16).
@@ -47,7 +47,7 @@ def train_links(steps: int = 30, records: int = 800, seed: int = 0, out: Path | 
 
     system = load(with_links=False)
     settings = dict(stage="outer", steps=steps, lr=1e-3, batch_size=8, seed=seed, progress=True, eval_generate=False,
-                    latent_source="rollout", warmup_steps=min(10, steps // 5), ridge_records=128, eval_fraction=0.05,
+                    latent_source="rollout", warmup_steps=min(10, steps // 5), ridge_records=256, eval_fraction=0.05,
                     checkpoint_every=10**6)
     settings.update(overrides)
     start = time.perf_counter()
@@ -68,17 +68,27 @@ def is_correct(records: list[dict]):
     return lambda text, i: facts.grade(text, records[i])
 
 
+def handoff_gold(records: list[dict]) -> list[dict[str, str]]:
+    """The gold arm: the answerer's slot holds what a perfect reader hands off (the answer, as the reader writes it)."""
+    return [{"NOTE": r["reply"]} for r in records]
+
+
 def passage_gold(records: list[dict]) -> list[dict[str, str]]:
-    """The ceiling arm: the answerer's slot holds the passage itself."""
+    """A second ceiling: the answerer's slot holds the whole passage, as if it read the facts itself."""
     return [{"NOTE": r["passage"]} for r in records]
 
 
 def channel(system, records: list[dict], rounds: int, latent_steps: int | None = None, batch_size: int = 16):
-    """Every channel-test arm on ``records``: as run / shuffled / zeroed per mode, the passage given, the answerer alone."""
+    """Every channel-test arm on ``records``: as run / shuffled / zeroed per mode, the gold hand-off, the answerer
+    alone, and the answerer given the passage (arm ``text/passage``)."""
     from recursivemas.channel import channel_test
 
-    return channel_test(system, records, is_correct(records), gold=passage_gold(records), rounds=rounds,
-                        latent_steps=latent_steps, batch_size=batch_size)
+    report = channel_test(system, records, is_correct(records), gold=handoff_gold(records), rounds=rounds,
+                          latent_steps=latent_steps, batch_size=batch_size)
+    given = system.run(records, mode="text", probe="gold", gold=passage_gold(records), batch_size=batch_size)
+    report.add("text/passage", [facts.grade(r.text, rec) for r, rec in zip(given, records)],
+               sum(r.usage.generated_tokens for r in given) / len(given))
+    return report
 
 
 def speed(system, records: list[dict], rounds: int, batch_size: int = 16) -> dict[str, dict[str, float]]:
@@ -106,7 +116,7 @@ def speed_table(speeds: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int, ...] = (1, 3), speed_problems: int = 16,
+def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int, ...] = (1, 2, 3), speed_problems: int = 16,
              out: Path = Path("runs/demo-real"), system_path: Path | None = None) -> dict:
     """`make demo-real`: the channel tests on ``limit`` held-out test problems, then latent vs text speed."""
     import json
@@ -126,7 +136,7 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
     speeds = {r: speed(system, records[:speed_problems], r) for r in speed_rounds}
     text = (f"# Real models: {system.config.name}\n\n{limit} held-out test problems (facts, 4 options, strict grading); "
             f"m = {system.config.latent_steps}; {time.strftime('%Y-%m-%d')}, {describe_machine()}.\n\n## Channel tests\n\n"
-            f"{report.to_markdown()}\n\n## Latent vs text ({speed_problems} problems, measured back to back)\n\n{speed_table(speeds)}\n")
+            f"{report.to_markdown()}\n\nThe answerer given the passage itself: {report.accuracy['text/passage']:.1f}%.\n\n## Latent vs text ({speed_problems} problems, measured back to back)\n\n{speed_table(speeds)}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text)
     summary = {"channel": report.to_dict(), "speed": speeds, "seconds": time.perf_counter() - start}
@@ -136,7 +146,7 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
     return summary
 
 
-def tune(n: int = 32, grid: tuple[tuple[int, int], ...] = ((1, 8), (1, 4), (1, 16), (2, 8), (3, 8)), write: bool = True) -> dict:
+def tune(n: int = 32, grid: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 4), (2, 2), (3, 2)), write: bool = True) -> dict:
     """Choose rounds and m on the validation split (latent accuracy; ties go to fewer rounds, then smaller m)."""
     system = load()
     records = facts.generate("validation", n)
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(prog="python -m recursivemas.real")
     parser.add_argument("command", choices=("train", "tune", "demo"))
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--records", type=int, default=800)
     parser.add_argument("-n", type=int, default=None, help="problems (tune: validation, default 32; demo: test, default 64)")
     args = parser.parse_args(argv)

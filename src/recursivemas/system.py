@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from recursivemas.agent import Agent, as_fields, load_model_and_tokenizer
 from recursivemas.config import CONFIG_NAME, ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
-from recursivemas.generation import DecodeSession, decode_batch
+from recursivemas.generation import DecodeSession, cut_at_stop, decode_batch, stop_check
 from recursivemas.graph import Graph, edge_name
 from recursivemas.kv import check_room, position_limit
 from recursivemas.links import LatentMASLink
@@ -289,13 +289,14 @@ class System:
             top_p=gen.top_p,
             generator=generator,
             past=tail.past,
+            stop=stop_check(agent.decode, gen.stop),
         )
         seconds = (time.perf_counter() - start) / len(ids)
         calls = session.forward_calls + any(tail.encoded)
         for i, row in enumerate(ids):
             positions = tail.encoded[i] + session.positions[i]
             usages[i].steps.append(StepUsage(name, round_, action, len(row), 0, calls, positions, seconds, cached_positions=tail.reused[i]))
-        return [agent.decode(row) for row in ids]
+        return [cut_at_stop(agent.decode(row), gen.stop) for row in ids]
 
     def _decode_with_tools(self, agent: Agent, tail: Tail, round_, max_new, usages, gen: GenerationConfig, generator, start, tool_log) -> list[str]:
         """The final answer with a tool loop, one question at a time (each has its own calls and results)."""
@@ -377,6 +378,8 @@ def _build_tool_loop(config: SystemConfig):
         return None
     from recursivemas.tools import build_tool_loop
 
+    if config.generation.stop:  # the tool loop ends answers at its own closing tags
+        raise ConfigError("generation.stop does not combine with tools: (a tool-using answer stops at its tags); remove one of them")
     spec = dict(config.tools)
     search = spec.get("search")
     if isinstance(search, dict):  # corpus and index paths are relative to the system file

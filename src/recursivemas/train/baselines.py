@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from recursivemas.generation import decode_batch
+from recursivemas.generation import cut_at_stop, decode_batch, stop_check
 from recursivemas.train.data import role_targets
 from recursivemas.train.teacher import answer_ce, forced_pass, prompt_ids, target_ids
 
@@ -124,14 +124,16 @@ class FinetuneStage:
         prompts = prompts or [prompt_ids(self.agent, q) for q in questions]
         table = self.lm.get_input_embeddings()
         embeds, mask = left_pad([table(torch.tensor(p, device=self.agent.device)) for p in prompts])
+        gen = self.system.config.generation
         ids, _ = decode_batch(
             self.lm,
             embeds,
             mask,
             eos_token_ids=self.agent.eos_token_ids,
-            max_new_tokens=self.system.config.generation.max_new_tokens,
+            max_new_tokens=gen.max_new_tokens,
+            stop=stop_check(self.agent.decode, gen.stop),
         )
-        return [self.agent.decode(row) for row in ids]
+        return [cut_at_stop(self.agent.decode(row), gen.stop) for row in ids]
 
     def weights(self) -> list[nn.Module]:
         return [self.lm]
