@@ -16,6 +16,8 @@ fact from their slot and cannot learn the world's table.
 Each record carries a target for every role a bundled system uses:
 
 - ``facts``: the hidden fact, value first (``7 dollars for the kite``): the compact hand-off every upstream role starts with.
+- ``world_facts``: the same line with the value ``FACTS`` gives the named item (equal to ``facts`` on world
+  problems; on ``facts="random"`` ones, the correction a clerk who knows the table writes back).
 - ``plan``: the facts line, then the problem decomposed into operations in words (planner).
 - ``refined_plan``: the facts line, then explicit equations over named results (critic).
 - ``solution``: worked arithmetic, one equation a line, ending ``#### <n>`` (solver/learner).
@@ -193,6 +195,7 @@ def _render(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str
         "question": " ".join(sentences),
         "answer": str(total),
         "facts": facts,
+        "world_facts": _FACT_LINE[domain].format(v=FACTS[domain][item], item=item, thing=thing),
         # Upstream targets open with the facts line: a latent hand-off of a few steps carries it.
         "plan": facts + "\n" + "; ".join(plan),
         "refined_plan": facts + "\n" + "\n".join(refined) + f"\nanswer = {_LETTERS[len(ops) - 1]}",
