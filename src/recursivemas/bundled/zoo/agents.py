@@ -95,7 +95,7 @@ AGENTS.update({
     )
 })
 # The roundtrip clerk, appended last for the same reason: it recalls the fact a request names (no question, no arithmetic).
-AGENTS["clerk-llama"] = AgentSpec("clerk-llama", "llama", "bpe384", hidden_size=64, num_layers=2, steps=800, extra=_SMALL,
+AGENTS["clerk-llama"] = AgentSpec("clerk-llama", "llama", "bpe384", hidden_size=64, num_layers=2, steps=1500, extra=_SMALL,
                                   roles={"clerk": 1.0}, drill=0.0)
 BASE_AGENTS = ("llama-gqa", "qwen-moe", "gpt2-small")  # the sequential default's agents
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recursivemas.markers import SLOT_RE
+from recursivemas.markers import FIELD_RE, SLOT_RE
 from recursivemas.bundled.world import DOMAINS
 
 
@@ -44,7 +44,7 @@ class Role:
     def user_prompt(self, record: dict[str, Any], fill: dict[str, str] | None = None) -> str:
         """The user message for `record`, each slot replaced by ``fill[slot]`` (missing slots: empty)."""
         fill = fill or {}
-        text = self.prompt.replace("{question}", record["question"])
+        text = FIELD_RE.sub(lambda m: str(record[m.group(1)]), self.prompt)  # {question}, or another field
         return SLOT_RE.sub(lambda m: fill.get(m.group(1), ""), text)
 
     def gold_fill(self, record: dict[str, Any]) -> dict[str, str]:
@@ -132,12 +132,12 @@ ROLES: dict[str, Role] = {
             slots={"FEEDBACK": "tool_call"},
             knows=True,
         ),
-        # Roundtrip: the clerk knows the facts but not the question; the critic names the fact it needs (with a
+        # Roundtrip: the clerk knows the facts but not the question (only its desk, the domain); the critic names the fact it needs (with a
         # guessed value) and hears back from the clerk in the next round.
         Role(
             "clerk",
             "You are the clerk. Look up the facts.",
-            "Request:\n<<FEEDBACK>>\nFacts:",
+            "Desk: {domain}\nRequest:\n<<FEEDBACK>>\nFacts:",
             target="world_facts",
             slots={"FEEDBACK": "refined_plan"},
             knows=True,
