@@ -8,8 +8,8 @@ random, so the world's table cannot be learned) with its slots always holding th
 text, whole (half), cut to its facts line (30%) or to the fact's value alone (20%; the shapes a few
 latent steps carry): alone,
 with its slots empty, it can only guess the fact (docs/zoo.md#pretraining). The clerk (a role that answers
-requests) sees ``facts="random"`` text in its slot, the fact named with a value that is not the world's, and
-learns to write the world's value for that name; 20% of its examples ask nothing and are answered with nothing. The loss is
+requests) sees a request naming the fact of a ``facts="random"`` problem (so every item, in every story) and
+learns to write the world's value for it; 20% of its examples ask nothing and are answered with nothing. The loss is
 next-token cross-entropy over the whole sequence, with prompt tokens down-weighted so capacity
 goes to the targets.
 
@@ -70,7 +70,7 @@ def _draw_example(
     if name == "drill":
         return _drill_example(tokenizer, records, rng)
     role = ROLES[name]
-    if role.requests:  # the request is a told role's text (a guessed value); the target, the world's value
+    if role.requests:  # the request names any item (a random-facts problem's); the target, the world's value
         record = rng.choice(told_records or records)
         u = rng.random()
         if u < EMPTY_REQUEST_P:

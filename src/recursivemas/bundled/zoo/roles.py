@@ -37,8 +37,8 @@ class Role:
     target: str  # the world record field this role writes
     slots: dict[str, str] = field(default_factory=dict)  # slot -> record field with the upstream role's gold text
     knows: bool = False  # pretrained on the world's facts (True) or on random ones it must read from its slots (False)
-    # Answers requests (the clerk): it never sees the question; its slot holds a told role's text, the fact named with a
-    # guessed value, and it writes the world's value; with nothing asked (an empty slot) it writes nothing.
+    # Answers requests (the clerk): it never sees the question; its slot names a fact (drawn from facts="random"
+    # problems, so any item), and it writes the world's value; with nothing asked (an empty slot) it writes nothing.
     requests: bool = False
 
     def user_prompt(self, record: dict[str, Any], fill: dict[str, str] | None = None) -> str:
@@ -132,14 +132,20 @@ ROLES: dict[str, Role] = {
             slots={"FEEDBACK": "tool_call"},
             knows=True,
         ),
-        # Roundtrip: the clerk knows the facts but not the question (only its desk, the domain); the critic names the fact it needs (with a
-        # guessed value) and hears back from the clerk in the next round.
+        # Roundtrip: the asker reads the question and names the fact it lacks; the clerk knows the facts but sees no
+        # question (only its desk, the domain), so it can answer only once the request has reached it.
+        Role(
+            "asker",
+            "You are the asker. Name the missing fact.",
+            "Question: {question}\nNeed:",
+            target="request",
+        ),
         Role(
             "clerk",
             "You are the clerk. Look up the facts.",
-            "Desk: {domain}\nRequest:\n<<FEEDBACK>>\nFacts:",
+            "Desk: {domain}\nRequest:\n<<REQUEST>>\nFacts:",
             target="world_facts",
-            slots={"FEEDBACK": "refined_plan"},
+            slots={"REQUEST": "request"},
             knows=True,
             requests=True,
         ),
@@ -161,7 +167,7 @@ PATTERN_ROLES = {
     "distillation": ("expert", "learner"),
     "mixture": (*DOMAINS, "summarizer"),
     "deliberation": ("reflector", "tool_caller"),
-    "roundtrip": ("clerk", "critic", "solver"),
+    "roundtrip": ("asker", "clerk", "solver"),
 }
 # The roles that write a final answer ending in ``#### n`` when run alone.
 ANSWER_ROLES = ("solver", "learner", "summarizer", "tool_caller")
