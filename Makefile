@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # The other bundled patterns (distillation, mixture, deliberation), 100 test problems each: about 8 minutes.
 demo-patterns: $(STAMP)
-	for name in distillation mixture deliberation; do $(VENV)/bin/recursivemas demo --bundled $$name -n 100 --out runs/demo-$$name || exit 1; done
+	for name in distillation mixture deliberation roundtrip; do $(VENV)/bin/recursivemas demo --bundled $$name -n 100 --out runs/demo-$$name || exit 1; done
 
 test: $(REAL)
 	$(PY) -m pytest -q

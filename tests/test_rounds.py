@@ -273,3 +273,22 @@ def test_inputs_past_an_agents_positions_get_a_clear_error(sequential_config):
         system.run([long_question], mode="latent")
     with pytest.raises(ValueError, match="past its model's"):
         system.run([long_question], mode="single")
+
+
+def test_upstream_weight_adds_each_agents_own_target_loss_where_its_slots_are_filled(sequential_config):
+    system = System.from_config(sequential_config)
+    records = _records(system)
+    cfg = dict(rounds=2, latent_steps=2, gradient_checkpointing=False)
+    with torch.no_grad():
+        plain = unroll(system, records, TrainConfig(**cfg), "rollout")
+        trace: list = []
+        both = unroll(system, records, TrainConfig(upstream_weight=0.5, **cfg), "rollout", trace=trace)
+    assert plain.upstream_ce == [] and torch.isclose(plain.loss, plain.ce_rows.mean())
+    # critic in rounds 1 and 2; the planner only in round 2 (its feedback slot is empty in round 1); never the solver
+    fills = [(t[0], t[2]) for t in trace if t[1] == "fill" and t[2] != "solver"]
+    assert fills == [(1, "planner"), (1, "critic"), (2, "planner"), (2, "critic")]
+    assert len(both.upstream_ce) == 3
+    assert torch.allclose(both.ce_rows, plain.ce_rows)
+    assert torch.isclose(both.loss, plain.loss + 0.5 * torch.stack(both.upstream_ce).mean())
+    with pytest.raises(ValueError, match="upstream_weight"):
+        TrainConfig(upstream_weight=-1.0)

@@ -16,8 +16,11 @@ from typing import Any
 import yaml
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# One bundled system per pattern of docs/method.md#patterns (agents: recursivemas.bundled.zoo.agents.BUNDLED_ROLES).
-BUNDLED = ("sequential", "distillation", "mixture", "deliberation")
+# One bundled system per pattern of docs/method.md#patterns, plus roundtrip (an information round trip over explicit
+# edges, where rounds matter: docs/zoo.md#roundtrip) (agents: recursivemas.bundled.zoo.agents.BUNDLED_ROLES).
+BUNDLED = ("sequential", "distillation", "mixture", "deliberation", "roundtrip")
+# Systems whose links ship as float16 (half the bytes: the 16 MB cap; they load as float32, recursivemas.linkset).
+HALF_LINKS = ("roundtrip",)
 
 
 def bundled_config(name: str) -> Path:
@@ -56,11 +59,20 @@ def train_bundled_links(name: str, *, steps: int = 150, inner_steps: int = 100, 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         summary = train(system, generate("train", records, seed=seed), TrainConfig(**settings), tmp)
-        shutil.copyfile(Path(tmp) / "links.safetensors", links_path(name))
+        _ship_links(Path(tmp) / "links.safetensors", links_path(name), half=name in HALF_LINKS)
     summary["train_seconds"] = time.perf_counter() - start
     data["links"]["checkpoint"] = links_path(name).name
     path.write_text(_with_header(path.read_text(), yaml.safe_dump(data, sort_keys=False, allow_unicode=True)))
     return summary
+
+
+def _ship_links(trained: Path, dest: Path, half: bool) -> None:
+    if not half:
+        shutil.copyfile(trained, dest)
+        return
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.half().contiguous() for k, v in load_file(str(trained)).items()}, str(dest))
 
 
 def _with_header(old: str, new: str) -> str:

@@ -16,6 +16,10 @@ fact from their slot and cannot learn the world's table.
 Each record carries a target for every role a bundled system uses:
 
 - ``facts``: the hidden fact, value first (``7 dollars for the kite``): the compact hand-off every upstream role starts with.
+- ``world_facts``: the same line with the value ``FACTS`` gives the named item (equal to ``facts`` on world
+  problems; on ``facts="random"`` ones, the correction a clerk who knows the table writes back).
+- ``request``: the fact the question names but does not state, item first (``kite``, ``red bag of cards``,
+  ``bakery stop``): what the roundtrip asker writes and the clerk answers (docs/zoo.md#roundtrip).
 - ``plan``: the facts line, then the problem decomposed into operations in words (planner).
 - ``refined_plan``: the facts line, then explicit equations over named results (critic).
 - ``solution``: worked arithmetic, one equation a line, ending ``#### <n>`` (solver/learner).
@@ -103,6 +107,8 @@ _FACT_LINE = {
     "time": "{v} minutes at the {item}",
 }
 _FACT_NAME = {"money": "{item}", "counting": "{item} bag", "time": "stop at the {item}"}
+# How an asker names the fact it lacks: the item first (the first token a latent hand-off carries).
+_REQUEST = {"money": "{item}", "counting": "{item} bag of {thing}", "time": "{item} stop"}
 _FACT_ITEMS = {
     "money": ("kite", "pen", "book", "cap", "mug", "ball", "lamp", "sock", "bell"),
     "counting": ("red", "blue", "green", "pink", "gray", "gold", "white", "black", "brown"),
@@ -193,6 +199,8 @@ def _render(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str
         "question": " ".join(sentences),
         "answer": str(total),
         "facts": facts,
+        "world_facts": _FACT_LINE[domain].format(v=FACTS[domain][item], item=item, thing=thing),
+        "request": _REQUEST[domain].format(item=item, thing=thing),
         # Upstream targets open with the facts line: a latent hand-off of a few steps carries it.
         "plan": facts + "\n" + "; ".join(plan),
         "refined_plan": facts + "\n" + "\n".join(refined) + f"\nanswer = {_LETTERS[len(ops) - 1]}",

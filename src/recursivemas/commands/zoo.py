@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(1e-3, "--lr", help="Learning rate of both loops."),
         link_init: str = typer.Option("ridge", "--link-init", help="Outer links start as: ridge (least squares to the receiver's embedding "
                                       "of the sender's next token: a text hand-off in latent form) or random."),
+        upstream_weight: float = typer.Option(0.0, "--upstream-weight", help="Add this times the other agents' own-target CE "
+                                              "(docs/training.md; the roundtrip system trains with 2)."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Train bundled systems' links on the world's train split and ship them beside their system files."""
@@ -93,7 +95,8 @@ def register(app: typer.Typer) -> None:
         names = [n.strip() for n in system.split(",") if n.strip()]
         try:
             seconds = train_bundled(names, workers=workers, steps=steps, inner_steps=inner_steps, records=records, seed=seed,
-                                    latent_source=latent_source, latent_steps=latent_steps, rounds=rounds, link_init=link_init, lr=lr)
+                                    latent_source=latent_source, latent_steps=latent_steps, rounds=rounds, link_init=link_init, lr=lr,
+                                    upstream_weight=upstream_weight)
         except FileNotFoundError as err:
             raise typer.BadParameter(str(err), param_hint="--system") from None
         for name, s in seconds.items():

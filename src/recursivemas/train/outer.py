@@ -13,7 +13,10 @@ decoding agent speaks only in the final round. What crosses an edge is ``R_out(R
 
 The loss is the decoding agent's next-token cross-entropy on its answer tokens (+ eos), teacher-forced
 after its prompt, in the final round; ``nonfinal_weight`` adds that weight times the mean CE of the
-decoder's passes in earlier rounds. Gradients reach every outer link through every frozen LLM (via
+decoder's passes in earlier rounds; ``upstream_weight`` adds that weight times the mean CE of every other
+agent's own target (its ``target`` field, teacher-forced after what reached its slots) in each round where all
+its slots hold something: a direct signal for the links into an agent that must read a message before it can
+answer (the roundtrip clerk, docs/zoo.md#roundtrip), which the answer loss reaches only through several rounds. Gradients reach every outer link through every frozen LLM (via
 ``inputs_embeds``) and through the frozen inner links. A hook on each link's output in each round
 records the gradient norm arriving there, so vanishing early-round credit shows in the log.
 """
@@ -66,6 +69,7 @@ class Unrolled:
     ce_rows: torch.Tensor  # [B] final-round answer CE per row
     acc_rows: torch.Tensor  # [B] final-round answer token accuracy per row
     nonfinal_ce: list[torch.Tensor] = field(default_factory=list)  # per earlier decoder pass, mean over rows
+    upstream_ce: list[torch.Tensor] = field(default_factory=list)  # per upstream agent pass with full slots, mean over rows
     latent_grad_sq: dict[str, float] = field(default_factory=dict)  # "edge/rR" -> squared grad norm (after backward)
 
 
@@ -91,9 +95,12 @@ def unroll(system: Any, records: Sequence[dict], cfg: Any, source: str = "teache
             agent = system.agents[name]
             sends = [] if turn.answers and name == graph.decoder else mail.edges_out(name)
             wants_ce = name == graph.decoder and (turn.final or cfg.nonfinal_weight > 0)
+            wants_own = cfg.upstream_weight > 0 and name != graph.decoder and _all_filled(fills)
             forced = None
-            if wants_ce or (sends and source == "teacher"):
+            if wants_ce or wants_own or (sends and source == "teacher"):
                 forced = forced_pass(agent, inputs, fills, ids[name], checkpoint=cfg.gradient_checkpointing)
+            if wants_own:
+                result.upstream_ce.append(answer_ce(agent.model, forced)[0].mean())
             if wants_ce:
                 ce, acc, _ = answer_ce(agent.model, forced)
                 if turn.final:
@@ -122,8 +129,15 @@ def unroll(system: Any, records: Sequence[dict], cfg: Any, source: str = "teache
     loss = result.ce_rows.mean()
     if result.nonfinal_ce and cfg.nonfinal_weight:
         loss = loss + cfg.nonfinal_weight * torch.stack(result.nonfinal_ce).mean()
+    if result.upstream_ce:
+        loss = loss + cfg.upstream_weight * torch.stack(result.upstream_ce).mean()
     result.loss = loss
     return result
+
+
+def _all_filled(fills: dict) -> bool:
+    """Whether every slot holds something for every row (a round-1 feedback slot holds None)."""
+    return bool(fills) and all(v is not None for values in fills.values() for v in values)
 
 
 def _recorder(store: dict[str, float], key: str):
@@ -186,6 +200,8 @@ class OuterStage:
         metrics: dict[str, Any] = {"ce_final": float(self._last.ce_rows.detach().mean()), "latent_source": source}
         if self._last.nonfinal_ce:
             metrics["ce_nonfinal"] = float(torch.stack(self._last.nonfinal_ce).detach().mean())
+        if self._last.upstream_ce:
+            metrics["ce_upstream"] = float(torch.stack(self._last.upstream_ce).detach().mean())
         return self._last.loss, metrics
 
     def grad_metrics(self, dist: Any) -> dict[str, float]:

@@ -65,6 +65,7 @@ class TrainConfig:
     max_latent_tokens: int = 80  # teacher latents: first positions of the sender's target
     max_target_tokens: int = 256  # role targets are cut to this many tokens
     nonfinal_weight: float = 0.0  # weight of the mean answer CE of non-final rounds (the release option used 0.1)
+    upstream_weight: float = 0.0  # weight of the other agents' own-target CE where all their slots are filled
     inner_mse_weight: float = 0.0  # add this times the MSE to the inner loop's cosine loss
     inner_slots: str = "gold"  # inner loop: upstream gold text on forward slots ("gold") or all slots empty
     ridge_lambda: float = 1e-2  # ridge init (links.init: ridge): regulariser
@@ -93,6 +94,7 @@ class TrainConfig:
             (self.lr > 0 and (self.inner_lr is None or self.inner_lr > 0), f"learning rates must be > 0, got {self.lr}, {self.inner_lr}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_latent_tokens >= 1 and self.max_target_tokens >= 1, "max_latent_tokens and max_target_tokens must be >= 1"),
+            (self.upstream_weight >= 0 and self.nonfinal_weight >= 0, "nonfinal_weight and upstream_weight must be >= 0"),
             (0 <= self.rollout_share <= 1, f"rollout_share must lie in [0, 1], got {self.rollout_share}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.rounds is None or self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),

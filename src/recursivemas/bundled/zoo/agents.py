@@ -94,6 +94,10 @@ AGENTS.update({
                   roles={"tool_caller": 1.0}, drill=0.0),
     )
 })
+# The roundtrip's asker and clerk, appended last for the same reason: one names the fact a question lacks, the other
+# recalls the value of a named fact (neither computes).
+AGENTS["clerk-llama"] = AgentSpec("clerk-llama", "llama", "bpe384", hidden_size=64, num_layers=2, steps=1500, extra=_SMALL,
+                                  roles={"asker": 1.0, "clerk": 1.0}, drill=0.0)
 BASE_AGENTS = ("llama-gqa", "qwen-moe", "gpt2-small")  # the sequential default's agents
 
 # Which zoo agent plays which role in the bundled systems.
@@ -103,4 +107,7 @@ DISTILLATION = {"expert": "qwen-moe", "learner": "llama-gqa"}
 # The summarizer is the zoo's strongest solver (a separate 96-wide summarizer solved 8.5%; docs/zoo.md).
 MIXTURE = {"money": "money-llama", "counting": "counting-mistral", "time": "time-qwen3", "summarizer": "llama-gqa"}
 DELIBERATION = {"reflector": "qwen-moe", "tool_caller": "toolcaller-qwen3"}
-BUNDLED_ROLES = {"sequential": SEQUENTIAL, "distillation": DISTILLATION, "mixture": MIXTURE, "deliberation": DELIBERATION}
+# The clerk knows the facts but never sees the question; the asker (same model) and the solver see it but do not know them.
+ROUNDTRIP = {"asker": "clerk-llama", "clerk": "clerk-llama", "solver": "llama-gqa"}
+BUNDLED_ROLES = {"sequential": SEQUENTIAL, "distillation": DISTILLATION, "mixture": MIXTURE, "deliberation": DELIBERATION,
+                 "roundtrip": ROUNDTRIP}

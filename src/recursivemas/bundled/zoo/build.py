@@ -107,6 +107,12 @@ def evaluate_agent(model, tokenizer, records: Sequence[dict[str, Any]], roles: S
             out["critic_gold_exact"] = sum(t.strip() == r["refined_plan"] for t, r in zip(texts, records)) / len(records)
             texts = generate_texts(model, tokenizer, [render_prompt(tokenizer, ROLES[role], r, ROLES[role].facts_fill(r)) for r in records], 64)
             out["critic_facts_exact"] = sum(t.strip() == r["refined_plan"] for t, r in zip(texts, records)) / len(records)
+        elif ROLES[role].requests:  # the clerk: the world's fact for a request with a guessed value; silence when unasked
+            told = generate("validation", EVAL_N, seed, facts="random")
+            out[f"{role}_request_facts"] = facts_accuracy(model, tokenizer, told, role, "facts")
+            out[f"{role}_request_whole"] = facts_accuracy(model, tokenizer, told, role, "gold")
+            texts = generate_texts(model, tokenizer, [render_prompt(tokenizer, ROLES[role], r) for r in told[:60]], 16)
+            out[f"{role}_silent_unasked"] = sum(not t.strip() for t in texts) / len(texts)
         else:  # a knowing role: does it state the world's fact?
             out[f"{role}_facts"] = facts_accuracy(model, tokenizer, records, role)
             if role in ANSWER_ROLES:

@@ -7,7 +7,9 @@ half; a role that must be told trains on ``facts="random"`` problems (the named 
 random, so the world's table cannot be learned) with its slots always holding the upstream gold
 text, whole (half), cut to its facts line (30%) or to the fact's value alone (20%; the shapes a few
 latent steps carry): alone,
-with its slots empty, it can only guess the fact (docs/zoo.md#pretraining). The loss is
+with its slots empty, it can only guess the fact (docs/zoo.md#pretraining). The clerk (a role that answers
+requests) sees a request naming the fact of a ``facts="random"`` problem (so every item, in every story) and
+learns to write the world's value for it; 20% of its examples ask nothing and are answered with nothing. The loss is
 next-token cross-entropy over the whole sequence, with prompt tokens down-weighted so capacity
 goes to the targets.
 
@@ -38,11 +40,13 @@ DRILL_LINES = 16
 PROMPT_LOSS_WEIGHT = 0.25
 GOLD_FILL_P = 0.5  # share of examples whose slots hold the upstream role's gold text
 FACTS_LINE_P = 0.8  # receivers: slots cut to the facts line below this draw, to its first word (the value) above it
+EMPTY_REQUEST_P = 0.2  # requests roles (the clerk): share of examples with nothing asked, answered with nothing
 BUCKET_BATCHES = 16  # batches drawn at once and sorted by length
 
 
-def _encode_example(tokenizer, role: Role, record: dict[str, Any], fill: dict[str, str] | None) -> tuple[list[int], int]:
-    prompt, target = training_text(tokenizer, role, record, fill)
+def _encode_example(tokenizer, role: Role, record: dict[str, Any], fill: dict[str, str] | None,
+                    target: str | None = None) -> tuple[list[int], int]:
+    prompt, target = training_text(tokenizer, role, record, fill, target)
     p = tokenizer(prompt, add_special_tokens=False).input_ids
     t = tokenizer(target, add_special_tokens=False).input_ids
     return p + t, len(p)
@@ -66,6 +70,12 @@ def _draw_example(
     if name == "drill":
         return _drill_example(tokenizer, records, rng)
     role = ROLES[name]
+    if role.requests:  # the request names any item (a random-facts problem's); the target, the world's value
+        record = rng.choice(told_records or records)
+        u = rng.random()
+        if u < EMPTY_REQUEST_P:
+            return _encode_example(tokenizer, role, record, None, target="")
+        return _encode_example(tokenizer, role, record, role.gold_fill(record) if u < 0.6 else role.facts_fill(record))
     if role.knows:
         record = rng.choice(records)
         return _encode_example(tokenizer, role, record, role.gold_fill(record) if rng.random() < GOLD_FILL_P else None)

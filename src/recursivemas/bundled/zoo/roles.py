@@ -6,6 +6,9 @@ inference the text it was trained on. A prompt holds ``{question}`` and slot mar
 ``<<PLAN>>``; the engine fills a marker with the upstream agent's text (text mode), with
 latent vectors (latent mode) or with nothing (no input yet, or a single agent alone).
 
+The clerk (the roundtrip system) knows the facts but sees no question: it can only answer a request that
+names the fact, which reaches it as feedback from the second round on (docs/zoo.md#roundtrip).
+
 Roles that *know* (planner, expert, the domain experts, the reflector) learn the world's hidden facts
 (``recursivemas.bundled.world.FACTS``) and open their message with them; the other roles never see the world's
 table (they are pretrained on ``facts="random"`` problems) and must read the facts from their slots.
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recursivemas.markers import SLOT_RE
+from recursivemas.markers import FIELD_RE, SLOT_RE
 from recursivemas.bundled.world import DOMAINS
 
 
@@ -34,11 +37,14 @@ class Role:
     target: str  # the world record field this role writes
     slots: dict[str, str] = field(default_factory=dict)  # slot -> record field with the upstream role's gold text
     knows: bool = False  # pretrained on the world's facts (True) or on random ones it must read from its slots (False)
+    # Answers requests (the clerk): it never sees the question; its slot names a fact (drawn from facts="random"
+    # problems, so any item), and it writes the world's value; with nothing asked (an empty slot) it writes nothing.
+    requests: bool = False
 
     def user_prompt(self, record: dict[str, Any], fill: dict[str, str] | None = None) -> str:
         """The user message for `record`, each slot replaced by ``fill[slot]`` (missing slots: empty)."""
         fill = fill or {}
-        text = self.prompt.replace("{question}", record["question"])
+        text = FIELD_RE.sub(lambda m: str(record[m.group(1)]), self.prompt)  # {question}, or another field
         return SLOT_RE.sub(lambda m: fill.get(m.group(1), ""), text)
 
     def gold_fill(self, record: dict[str, Any]) -> dict[str, str]:
@@ -126,6 +132,23 @@ ROLES: dict[str, Role] = {
             slots={"FEEDBACK": "tool_call"},
             knows=True,
         ),
+        # Roundtrip: the asker reads the question and names the fact it lacks; the clerk knows the facts but sees no
+        # question (only its desk, the domain), so it can answer only once the request has reached it.
+        Role(
+            "asker",
+            "You are the asker. Name the missing fact.",
+            "Question: {question}\nNeed:",
+            target="request",
+        ),
+        Role(
+            "clerk",
+            "You are the clerk. Look up the facts.",
+            "Desk: {domain}\nRequest:\n<<REQUEST>>\nFacts:",
+            target="world_facts",
+            slots={"REQUEST": "request"},
+            knows=True,
+            requests=True,
+        ),
         Role(
             "tool_caller",
             "You are the tool caller. Write a python program.",
@@ -144,6 +167,7 @@ PATTERN_ROLES = {
     "distillation": ("expert", "learner"),
     "mixture": (*DOMAINS, "summarizer"),
     "deliberation": ("reflector", "tool_caller"),
+    "roundtrip": ("asker", "clerk", "solver"),
 }
 # The roles that write a final answer ending in ``#### n`` when run alone.
 ANSWER_ROLES = ("solver", "learner", "summarizer", "tool_caller")
@@ -154,6 +178,8 @@ def render_prompt(tokenizer, role: Role, record: dict[str, Any], fill: dict[str,
     return tokenizer.apply_chat_template(role.messages(record, fill), add_generation_prompt=True, tokenize=False)
 
 
-def training_text(tokenizer, role: Role, record: dict[str, Any], fill: dict[str, str] | None = None) -> tuple[str, str]:
-    """(prompt, target + eos): the pretraining text of one role on one record, split where the loss weight changes."""
-    return render_prompt(tokenizer, role, record, fill), record[role.target] + tokenizer.eos_token
+def training_text(tokenizer, role: Role, record: dict[str, Any], fill: dict[str, str] | None = None,
+                  target: str | None = None) -> tuple[str, str]:
+    """(prompt, target + eos): the pretraining text of one role on one record, split where the loss weight changes
+    (``target``: another text than the role's record field, e.g. the clerk's empty answer to an empty request)."""
+    return render_prompt(tokenizer, role, record, fill), (record[role.target] if target is None else target) + tokenizer.eos_token
