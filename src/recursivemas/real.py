@@ -45,12 +45,12 @@ def train_links(steps: int = 0, records: int = 800, seed: int = 0, out: Path | N
     lowered validation accuracy and raised the shuffled arm's (docs/real_models.md#how-the-links-were-made).
     Writes the links to ``out`` (default: ``bundled/configs/real.links.safetensors``, shipped in float16).
     """
-    from safetensors.torch import load_file, save_file
-
+    from recursivemas.bundled import ship_links
     from recursivemas.train import TrainConfig, train
     from recursivemas.train.outer import ridge_init_outer
 
     system = load(with_links=False)
+    # with steps=0 the config only carries the fit's settings (TrainConfig itself wants at least one step)
     settings = dict(stage="outer", steps=max(steps, 1), lr=1e-3, batch_size=8, seed=seed, progress=True, eval_generate=False,
                     latent_source="rollout", warmup_steps=min(10, steps // 5), ridge_records=256, eval_fraction=0.05,
                     checkpoint_every=10**6)
@@ -65,12 +65,11 @@ def train_links(steps: int = 0, records: int = 800, seed: int = 0, out: Path | N
             system.links.save(Path(tmp) / "links.safetensors")
         else:
             summary = train(system, data, config, tmp)
-        state = load_file(str(Path(tmp) / "links.safetensors"))
+        target = Path(out) if out else LINKS
+        ship_links(Path(tmp) / "links.safetensors", target, half=True)  # float16 halves the file
     summary["train_seconds"] = time.perf_counter() - start
     summary["seconds_per_step"] = summary["train_seconds"] / steps if steps else None
     summary["peak_rss_mb"] = peak_rss_mb()
-    target = Path(out) if out else LINKS
-    save_file({k: v.half().contiguous() for k, v in state.items()}, str(target), metadata={"kind": system.links.kind})  # float16 halves the file
     summary["links_bytes"] = target.stat().st_size
     return summary
 

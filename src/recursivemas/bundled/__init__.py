@@ -59,20 +59,25 @@ def train_bundled_links(name: str, *, steps: int = 150, inner_steps: int = 100, 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         summary = train(system, generate("train", records, seed=seed), TrainConfig(**settings), tmp)
-        _ship_links(Path(tmp) / "links.safetensors", links_path(name), half=name in HALF_LINKS)
+        ship_links(Path(tmp) / "links.safetensors", links_path(name), half=name in HALF_LINKS)
     summary["train_seconds"] = time.perf_counter() - start
     data["links"]["checkpoint"] = links_path(name).name
     path.write_text(_with_header(path.read_text(), yaml.safe_dump(data, sort_keys=False, allow_unicode=True)))
     return summary
 
 
-def _ship_links(trained: Path, dest: Path, half: bool) -> None:
+def ship_links(trained: Path, dest: Path, half: bool = False) -> None:
+    """Put a trained links file where it ships; ``half`` stores its tensors in float16 (they load as float32), keeping
+    the file's metadata (its link ``kind``)."""
     if not half:
         shutil.copyfile(trained, dest)
         return
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    save_file({k: v.half().contiguous() for k, v in load_file(str(trained)).items()}, str(dest))
+    with safe_open(str(trained), framework="pt") as f:
+        metadata = f.metadata()
+    save_file({k: v.half().contiguous() for k, v in load_file(str(trained)).items()}, str(dest), metadata=metadata)
 
 
 def _with_header(old: str, new: str) -> str:
