@@ -172,20 +172,29 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
 
 
 def tune(n: int = 64, grid: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 4), (1, 6), (2, 1), (3, 1)), write: bool = True) -> dict:
-    """Choose rounds and m on the validation split (latent accuracy; ties go to fewer rounds, then smaller m)."""
+    """Choose rounds and m on the validation split (latent accuracy; ties go to fewer rounds, then smaller m).
+
+    Each setting is also run with its latents shuffled across problems, so every score stands beside its channel test.
+    """
     system = load()
     records = facts.generate("validation", n)
-    scores = {}
+
+    def accuracy(rounds: int, m: int, probe: str) -> float:
+        results = system.run(records, mode="latent", rounds=rounds, latent_steps=m, batch_size=16, probe=probe)
+        return 100 * sum(facts.grade(r.text, rec) for r, rec in zip(results, records)) / n
+
+    scores, shuffled = {}, {}
     for rounds, m in grid:
-        results = system.run(records, mode="latent", rounds=rounds, latent_steps=m, batch_size=16)
-        scores[(rounds, m)] = 100 * sum(facts.grade(r.text, rec) for r, rec in zip(results, records)) / n
-        print(f"validation n={n}: rounds={rounds} m={m}: {scores[(rounds, m)]:.1f}%", flush=True)
+        scores[(rounds, m)], shuffled[(rounds, m)] = accuracy(rounds, m, "none"), accuracy(rounds, m, "shuffle")
+        print(f"validation n={n}: rounds={rounds} m={m}: {scores[(rounds, m)]:.1f}% (shuffled {shuffled[(rounds, m)]:.1f}%)", flush=True)
     best = max(scores, key=lambda k: (scores[k], -k[0], -k[1]))
     if write:
         from recursivemas.eval.tune import write_tuned_values
 
         write_tuned_values(CONFIG, latent_steps=best[1], rounds=best[0], tuned_on="facts/validation")
-    return {"scores": {f"rounds={r},m={m}": s for (r, m), s in scores.items()}, "best": {"rounds": best[0], "latent_steps": best[1]}}
+    return {"scores": {f"rounds={r},m={m}": s for (r, m), s in scores.items()},
+            "shuffled": {f"rounds={r},m={m}": s for (r, m), s in shuffled.items()},
+            "best": {"rounds": best[0], "latent_steps": best[1]}}
 
 
 def main(argv: list[str] | None = None) -> None:
