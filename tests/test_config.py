@@ -294,6 +294,7 @@ BROKEN = [
     ("temperature-negative", _section("generation", "temperature", -1.0), "temperature >= 0"),
     ("top-p-zero", _section("generation", "top_p", 0.0), "0 < top_p <= 1"),
     ("top-p-str", _section("generation", "top_p", "1"), "generation.top_p must be a finite number"),
+    ("latent-stop-str", _section("generation", "latent_stop", "yes"), "generation.latent_stop must be true or false"),
     ("generation-unknown", _section("generation", "max_tokens", 5), "Did you mean 'max_new_tokens'"),
     ("links-string", _top("links", "ridge"), "links: expected a mapping"),
     ("links-kind", _section("links", "kind", "banana"), "links.kind 'banana' is unknown"),

@@ -52,9 +52,11 @@ def test_mixture_experts_on_one_model_are_batched_without_changing_results(tiny_
 
             expert_inputs[name] = latent_rollout(system.agents[name].model, system.links.inner[name], embeds, mask, steps=3)
     prefixes = PrefixStore(["What is 2 + 2?"])
-    grouped = system._rollout(["math", "code", "science"], prefixes, {n: {"FEEDBACK": [None]} for n in expert_inputs}, 1, 3, [batched.usage])
+    grouped = system._rollout(["math", "code", "science"], prefixes, {n: {"FEEDBACK": [None]} for n in expert_inputs}, 1, 3,
+                              [batched.usage], system.config.generation)
     for name, thoughts in expert_inputs.items():
-        torch.testing.assert_close(grouped[name], thoughts, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(grouped[name][0], thoughts, atol=1e-5, rtol=1e-4)
+        assert grouped[name][1] == [3]  # no latent stop: every message is m thoughts long
 
 
 @pytest.mark.parametrize("mode", ["latent", "text", "single"])

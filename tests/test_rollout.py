@@ -5,6 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from recursivemas import InnerLink, latent_rollout, reencode_rollout
+from recursivemas.kv import positions_from_mask
+from recursivemas.rollout import latent_message
 from conftest import TINY_AGENTS
 
 
@@ -46,3 +48,36 @@ def test_zero_steps_and_gradients_flow_to_link(tiny_agents):
     assert latent_rollout(model, link, torch.randn(1, 3, 32), steps=0).shape == (1, 0, 32)
     latent_rollout(model, link, torch.randn(1, 3, 32), steps=3).sum().backward()
     assert link.proj1.weight.grad is not None and link.proj1.weight.grad.abs().sum() > 0
+
+
+def _greedy_next(model, embeds, mask, thoughts):
+    """Reference for a latent stop: the LM head's greedy token after the prompt and after each prefix of the thoughts (re-encoded)."""
+    ids = []
+    for k in range(thoughts.shape[1] + 1):
+        x = torch.cat([embeds, thoughts[:, :k].to(embeds.dtype)], dim=1)
+        m = torch.cat([mask, torch.ones(mask.shape[0], k, dtype=mask.dtype)], dim=1)
+        ids.append(model(inputs_embeds=x, attention_mask=m, position_ids=positions_from_mask(m)).logits[:, -1].argmax(-1))
+    return torch.stack(ids, dim=1)  # [batch, thoughts + 1]
+
+
+def test_latent_stop_ends_each_row_before_its_first_stop_token(tiny_agents):
+    model = AutoModelForCausalLM.from_pretrained(tiny_agents["llama"]).eval()
+    torch.manual_seed(1)
+    link = InnerLink(48)
+    embeds, mask = torch.randn(3, 7, 48), torch.ones(3, 7, dtype=torch.long)
+    mask[1, :3] = 0  # one left-padded row
+    embeds = embeds * mask[..., None]
+    with torch.no_grad():
+        full = latent_rollout(model, link, embeds, mask, steps=6)
+        greedy = _greedy_next(model, embeds, mask, full[:, :5])  # the token each thought's state would emit
+        stop_ids = greedy[0, 2:3]  # row 0 stops by its third thought at the latest
+        expected = [next((k for k in range(6) if greedy[i, k] in stop_ids), 6) for i in range(3)]
+        message, lengths = latent_message(model, link, embeds, mask, steps=6, stop_ids=stop_ids)
+        assert lengths == expected and lengths[0] <= 2
+        width = 6 if max(expected) == 6 else max(expected)  # the rollout ends once every row has stopped
+        assert message.shape == (3, width, 48)
+        torch.testing.assert_close(message, full[:, :width], atol=2e-5, rtol=1e-4)  # a stop never changes the thoughts kept
+        nothing, none = latent_message(model, link, embeds, mask, steps=6, stop_ids=torch.arange(model.config.vocab_size))
+        assert none == [0, 0, 0] and nothing.shape == (3, 0, 48)
+        _, unstopped = latent_message(model, link, embeds, mask, steps=6)
+        assert unstopped == [6, 6, 6]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -124,6 +124,7 @@ class Agent:
         self.hidden_size: int = model.get_input_embeddings().weight.shape[1]
         self.embedding = model.get_input_embeddings()
         self.eos_token_ids = self._eos_ids()
+        self._stop_ids: dict[tuple[str, ...], torch.Tensor] = {}
         try:
             self.template = self._split(self.render(config.prompt))
         except Exception as err:  # noqa: BLE001 - a Jinja template can raise anything: name the agent and the fix
@@ -254,6 +255,21 @@ class Agent:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def stop_token_ids(self, stops: Sequence[str]) -> torch.Tensor:
+        """Ids that end a latent message (``generation.latent_stop``): the eos tokens and every token whose text holds a stop string.
+
+        Decodes the whole vocabulary once per set of stops (about a second for a 262k vocabulary), then cached.
+        """
+        key = tuple(stops)
+        if key not in self._stop_ids:
+            ids = set(self.eos_token_ids)
+            if stops:
+                size = len(self.tokenizer)
+                texts = self.tokenizer.batch_decode([[i] for i in range(size)])
+                ids |= {i for i, text in enumerate(texts) if any(s in text for s in stops)}
+            self._stop_ids[key] = torch.tensor(sorted(ids), dtype=torch.long)
+        return self._stop_ids[key]
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, {type(self.model).__name__}, hidden={self.hidden_size}, {self.config.dtype}, {self.config.device})"

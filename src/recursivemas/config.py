@@ -108,6 +108,9 @@ class GenerationConfig:
     # Stop strings (OpenAI's ``stop``): a hand-off or answer ends where one of these first appears, and its
     # text ends before it. Base models need them: they never write an end-of-sequence token (docs/real_models.md).
     stop: list[str] = field(default_factory=list)
+    # Latent messages end where the sender's own next token would be eos or hold a stop string (at most
+    # latent_steps thoughts), as text hand-offs do; not in the paper (docs/engine.md#latent-stop).
+    latent_stop: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.handoff_max_new_tokens < 1:

@@ -50,6 +50,14 @@ class InnerLink(nn.Module):
     def num_params_formula(d: int, kind: str = "ln_res") -> int:
         return {"ln_res": 2 * d * d + 6 * d, "res": 2 * d * d + 2 * d, "linear": d * d + d}[kind]
 
+    @torch.no_grad()
+    def ridge_init_(self, source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> "InnerLink":
+        """The inner loop's objective solved by least squares (``linear`` links only): states -> next tokens' embeddings."""
+        if self.kind != "linear":
+            raise ValueError(f"a least-squares inner link needs links.kind: linear (this one is {self.kind!r}); train it with the inner loop instead")
+        ridge_fit_(self.proj1, source, target, lam)
+        return self
+
 
 class OuterLink(nn.Module):
     """``R_out``: maps agent i's latents (width a) into agent j's input-embedding space (width b)."""
@@ -90,20 +98,27 @@ class OuterLink(nn.Module):
         sensible map before training (docs/method.md#training). The MLP branch is zeroed so the link starts
         as the fitted affine map (before ``ln_target``).
         """
-        source = source.reshape(-1, self.in_dim).double()
-        target = target.reshape(-1, self.out_dim).double()
-        if source.shape[0] != target.shape[0]:
-            raise ValueError(f"ridge init needs paired rows: got {source.shape[0]} sources, {target.shape[0]} targets")
-        mu_s, mu_t = source.mean(0), target.mean(0)
-        s, t = source - mu_s, target - mu_t
-        gram = s.T @ s + lam * s.shape[0] * torch.eye(self.in_dim, dtype=s.dtype)
-        w = torch.linalg.solve(gram, s.T @ t)  # [a, b]
-        self.residual_proj.weight.copy_(w.T.to(self.residual_proj.weight.dtype))
-        self.residual_proj.bias.copy_((mu_t - mu_s @ w).to(self.residual_proj.bias.dtype))
+        ridge_fit_(self.residual_proj, source, target, lam)
         if self.kind != "linear":
             self.proj2.weight.zero_()
             self.proj2.bias.zero_()
         return self
+
+
+@torch.no_grad()
+def ridge_fit_(linear: nn.Linear, source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> nn.Linear:
+    """Set ``linear`` to the ridge-regression map from ``source`` rows to ``target`` rows (with a bias, ``lam`` relative to the row count)."""
+    source = source.reshape(-1, linear.in_features).double()
+    target = target.reshape(-1, linear.out_features).double()
+    if source.shape[0] != target.shape[0]:
+        raise ValueError(f"ridge init needs paired rows: got {source.shape[0]} sources, {target.shape[0]} targets")
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    s, t = source - mu_s, target - mu_t
+    gram = s.T @ s + lam * s.shape[0] * torch.eye(linear.in_features, dtype=s.dtype)
+    w = torch.linalg.solve(gram, s.T @ t)  # [in, out]
+    linear.weight.copy_(w.T.to(linear.weight.dtype))
+    linear.bias.copy_((mu_t - mu_s @ w).to(linear.bias.dtype))
+    return linear
 
 
 class LatentMASLink(nn.Module):

@@ -1,8 +1,8 @@
 """Latent rollout inside one agent (docs/method.md#latent-rollout), with the KV cache.
 
 The prompt is encoded once; every latent step then feeds one position (``R_in(h)``) through the
-decoder stack. The LM head is never computed: we call the model's decoder (``model.base_model``),
-whose ``last_hidden_state`` is the LM-head input (after the final norm) for every family we support.
+decoder stack. We call the model's decoder (``model.base_model``), whose ``last_hidden_state`` is the
+LM-head input (after the final norm) for every family we support; the LM head runs only for a latent stop.
 """
 
 from __future__ import annotations
@@ -39,12 +39,30 @@ def latent_rollout(
     ``torch.no_grad()`` for inference. Costs ``steps`` forward calls: one over the prompt, then one position each.
     ``past`` (``recursivemas.kv``) holds the prompt's already-encoded start; it is extended in place.
     """
+    return latent_message(model, inner_link, inputs_embeds, attention_mask, steps, past)[0]
+
+
+def latent_message(
+    model: nn.Module,
+    inner_link: Link,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    steps: int = 16,
+    past: Past | None = None,
+    stop_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """:func:`latent_rollout` whose messages may end early: ``(thoughts [batch, <= steps, hidden], each row's length)``.
+
+    With ``stop_ids`` (token ids: the sender's eos and stop strings), a row's message ends before the first
+    thought whose state's greedy next token is one of them, where a text hand-off would have stopped
+    (docs/engine.md#latent-stop); the rollout ends once every row has. Without, every row has ``steps`` thoughts.
+    """
     batch, length, _ = inputs_embeds.shape
     if steps < 0:
         raise ValueError(f"latent steps must be >= 0, got {steps}")
-    if steps == 0:
-        return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32)
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    if steps == 0:
+        return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32), [0] * batch
     mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
     if past is not None:
         mask = torch.cat([past.mask.long(), mask], dim=1)
@@ -52,10 +70,18 @@ def latent_rollout(
     decoder = backbone_of(model)
     cache = new_cache(model) if past is None else past.cache
     one = torch.ones(batch, 1, dtype=torch.long, device=device)
+    head = model.get_output_embeddings() if stop_ids is not None else None
+    lengths = torch.full((batch,), steps, dtype=torch.long)
 
     h = _last_hidden(decoder, inputs_embeds, mask, positions, cache)
     thoughts = []
     for step in range(steps):
+        if head is not None:
+            with torch.no_grad():  # where the sender's own next token would end a text hand-off
+                stops = torch.isin(head(h.detach()).argmax(-1), stop_ids.to(h.device)).cpu()
+            lengths = torch.where(stops & (lengths == steps), torch.tensor(step), lengths)
+            if bool((lengths < steps).all()):
+                break
         thought = inner_link(h)
         thoughts.append(thought)
         if step + 1 == steps:  # the last thought is returned, not fed back
@@ -63,7 +89,9 @@ def latent_rollout(
         mask = torch.cat([mask, one], dim=1)
         positions = positions[:, -1:] + 1
         h = _last_hidden(decoder, thought.to(dtype).unsqueeze(1), mask, positions, cache)
-    return torch.stack(thoughts, dim=1)
+    if not thoughts:  # every row stopped before its first thought
+        return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32), [0] * batch
+    return torch.stack(thoughts, dim=1), lengths.tolist()
 
 
 def reencode_rollout(

@@ -23,7 +23,7 @@ from recursivemas.kv import check_room, position_limit
 from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.prefix import PrefixStore, Tail
-from recursivemas.rollout import latent_rollout
+from recursivemas.rollout import latent_message
 from recursivemas.rounds import MODES, PROBES, Mailbox
 from recursivemas.slots import Input, SlotFill
 from recursivemas.tools.loop import run_tool_loop
@@ -213,9 +213,10 @@ class System:
                 mail.answered()
             if mode == "latent":
                 for group in self._same_model_groups(list(fills)):
-                    for agent, thoughts in self._rollout(group, prefixes, fills, r, steps, usages).items():
+                    for agent, (thoughts, lengths) in self._rollout(group, prefixes, fills, r, steps, usages, gen).items():
                         for e in mail.edges_out(agent):  # latents cross each edge through its outer link
-                            mail.post(e, list(self.links.outer[edge_name(e)](thoughts.to(self.agents[e.dst].device))))
+                            mapped = self.links.outer[edge_name(e)](thoughts.to(self.agents[e.dst].device))
+                            mail.post(e, [row[:k] for row, k in zip(mapped, lengths)])
                 continue
             for agent, agent_fills in fills.items():
                 msgs = self._decode(agent, prefixes, agent_fills, r, "text", gen.handoff_max_new_tokens, usages, gen, generator)
@@ -241,31 +242,39 @@ class System:
             groups.setdefault(id(self.agents[name].model), []).append(name)
         return list(groups.values())
 
-    def _rollout(self, names: list[str], prefixes: PrefixStore, fills, round_: int, steps: int, usages: list[Usage]) -> dict[str, torch.Tensor]:
-        """Latent rollouts of agents sharing one model, batched together; each row uses its own agent's inner link."""
+    def _rollout(self, names: list[str], prefixes: PrefixStore, fills, round_: int, steps: int, usages: list[Usage],
+                 gen: GenerationConfig) -> dict[str, tuple[torch.Tensor, list[int]]]:
+        """Latent rollouts of agents sharing one model, batched together; each row uses its own agent's inner link.
+
+        Per agent: its thoughts ``[n, <= steps, hidden]`` and each row's message length (``steps`` unless
+        ``generation.latent_stop`` ended it early).
+        """
         model, n = self.agents[names[0]].model, len(prefixes.inputs_)
         if steps == 0:  # nothing to pass on (the m = 0 ablation): encode nothing
             for name in names:
                 for i in range(n):
                     usages[i].steps.append(StepUsage(name, round_, "latent", 0, 0, 0, 0, 0.0))
-            return {name: torch.zeros(n, 0, self.agents[name].hidden_size) for name in names}
+            return {name: (torch.zeros(n, 0, self.agents[name].hidden_size), [0] * n) for name in names}
         start = time.perf_counter()
         tail = prefixes.inputs([self.agents[name] for name in names], fills)
         check_room(names[0], model, _positions(tail), steps, f"{steps} latent thoughts")
         inner = [self.links.inner[name] for name in names]
         link = inner[0] if len(names) == 1 else (lambda h: torch.cat([fn(h[k * n : (k + 1) * n]) for k, fn in enumerate(inner)]))
-        thoughts = latent_rollout(model, link, tail.embeds, tail.mask, steps=steps, past=tail.past)
+        stop_ids = self.agents[names[0]].stop_token_ids(gen.stop) if gen.latent_stop else None
+        thoughts, kept = latent_message(model, link, tail.embeds, tail.mask, steps=steps, past=tail.past, stop_ids=stop_ids)
         seconds = (time.perf_counter() - start) / len(tail.encoded)
-        calls = steps + any(tail.encoded)  # the prefix pass, when this call made it
+        # thoughts fed back through the model: all but the last, or all of them when every row stopped early
+        fed = thoughts.shape[1] if thoughts.shape[1] < steps else steps - 1
+        calls = 1 + fed + any(tail.encoded)  # the prompt pass, the fed thoughts, the prefix pass when this call made it
         lengths = tail.mask.sum(-1).tolist()
         for k, name in enumerate(names):
             for i in range(n):
                 row = k * n + i  # the prompt (a reused prefix is cached, not encoded), then one position per fed-back thought
-                positions = tail.encoded[row] + lengths[row] + max(steps - 1, 0)
+                positions = tail.encoded[row] + lengths[row] + fed
                 usages[i].steps.append(
-                    StepUsage(name, round_, "latent", 0, steps, calls, positions, seconds, cached_positions=tail.reused[row])
+                    StepUsage(name, round_, "latent", 0, kept[row], calls, positions, seconds, cached_positions=tail.reused[row])
                 )
-        return {name: thoughts[k * n : (k + 1) * n] for k, name in enumerate(names)}
+        return {name: (thoughts[k * n : (k + 1) * n], kept[k * n : (k + 1) * n]) for k, name in enumerate(names)}
 
     def _decode(self, name: str, prefixes: PrefixStore, fills, round_: int, action: str, max_new: int, usages, gen: GenerationConfig, generator, tool_log=None) -> list[str]:
         agent = self.agents[name]

@@ -8,7 +8,7 @@ decoding agent speaks only in the final round. What crosses an edge is ``R_out(R
   whatever latents it received), at the predictor positions, cut to ``max_latent_tokens`` (default 80).
   The first of them is the prompt's last position, so ``H`` lines up with what a free-running rollout
   would produce if every latent thought were exactly the next target token.
-- ``rollout``: ``latent_rollout`` of ``latent_steps`` free-running thoughts, as at inference.
+- ``rollout``: ``latent_message`` of ``latent_steps`` free-running thoughts, as at inference (ending early at a latent stop).
 - ``mixed``: per step, rollout with a probability that rises linearly from 0 to ``rollout_share``.
 
 The loss is the decoding agent's next-token cross-entropy on its answer tokens (+ eos), teacher-forced
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from recursivemas.graph import edge_name
-from recursivemas.rollout import latent_rollout
+from recursivemas.rollout import latent_message
 from recursivemas.rounds import Mailbox
 from recursivemas.slots import build_inputs
 from recursivemas.train.data import role_targets
@@ -117,9 +117,10 @@ def unroll(system: Any, records: Sequence[dict], cfg: Any, source: str = "teache
                 thoughts = inner(torch.cat(states, dim=0))
             else:
                 embeds, mask = build_inputs(agent, inputs, fills)
-                rolled = latent_rollout(agent.model, inner, embeds, mask, steps=steps)
-                counts = [rolled.shape[1]] * batch
-                thoughts = rolled.reshape(-1, rolled.shape[-1])
+                gen = system.config.generation  # a latent stop ends messages here exactly as in System.run
+                stop_ids = agent.stop_token_ids(gen.stop) if gen.latent_stop else None
+                rolled, counts = latent_message(agent.model, inner, embeds, mask, steps=steps, stop_ids=stop_ids)
+                thoughts = torch.cat([row[:k] for row, k in zip(rolled, counts)])
             for e in sends:
                 key = edge_name(e)
                 mapped = links.outer[key](thoughts.to(system.agents[e.dst].device))
