@@ -98,3 +98,19 @@ def test_saved_links_are_byte_identical_on_every_save(tmp_path):
         links.save(tmp_path / f"links{i}.safetensors")
         blobs.add((tmp_path / f"links{i}.safetensors").read_bytes())
     assert len(blobs) == 1
+
+
+def test_saved_links_are_readable_as_the_umask_allows(tmp_path):
+    """safetensors' save_file makes owner-only (0600) files; a links file must be readable by whoever serves it."""
+    import os
+    import stat
+
+    from recursivemas.config import EdgeConfig
+    from recursivemas.linkset import LinkSet
+
+    old = os.umask(0o022)
+    try:
+        LinkSet({"a": 8, "b": 8}, [EdgeConfig("a", "b", "S")]).save(tmp_path / "links.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "links.safetensors").stat().st_mode) == 0o644

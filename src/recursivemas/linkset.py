@@ -5,13 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from recursivemas.config import ConfigError, EdgeConfig
 from recursivemas.graph import edge_name
 from recursivemas.links import InnerLink, OuterLink, load_release_state_dict
 from recursivemas.validation import check_safetensors
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file with the permissions the user's umask gives (``save_file`` makes it owner-only, 0600)."""
+    Path(path).write_bytes(save(tensors, metadata=metadata))
 
 
 class LinkSet(nn.Module):
@@ -32,7 +37,7 @@ class LinkSet(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         tmp = Path(path).with_suffix(".tmp")
         # One metadata key: safetensors writes metadata in hash-map order, so two keys would make reruns differ in bytes.
-        save_file(state, str(tmp), metadata={"kind": self.kind})
+        save_tensors(state, tmp, metadata={"kind": self.kind})
         tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
 
     def _load_module(self, name: str, module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

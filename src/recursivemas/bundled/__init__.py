@@ -73,11 +73,13 @@ def ship_links(trained: Path, dest: Path, half: bool = False) -> None:
         shutil.copyfile(trained, dest)
         return
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from recursivemas.linkset import save_tensors
 
     with safe_open(str(trained), framework="pt") as f:
         metadata = f.metadata()
-    save_file({k: v.half().contiguous() for k, v in load_file(str(trained)).items()}, str(dest), metadata=metadata)
+    save_tensors({k: v.half().contiguous() for k, v in load_file(str(trained)).items()}, dest, metadata=metadata)
 
 
 def _with_header(old: str, new: str) -> str:

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from recursivemas.linkset import save_tensors
 
 LATEST = "latest"
 STATE, OPTIMIZER = "state.json", "optimizer.pt"
@@ -164,7 +166,7 @@ def save_checkpoint(
     final, tmp = root / name, root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp / tensors_name))
+    save_tensors({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, tmp / tensors_name)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / OPTIMIZER)
     files = {n: sha256_file(tmp / n) for n in (tensors_name, OPTIMIZER)}
     write_state(tmp, {**meta, "stage": stage, "step": step, "tensors": tensors_name, "files": files})
