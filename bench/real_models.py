@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts = args.part.split(",")
-    print(f"# Real models ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 2-core CPU shared with other jobs)\n")
+    print(f"# Real models ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     system = real.load() if {"speed", "rollout"} & set(parts) else None
     if "speed" in parts:
         print(f"## Latent vs text MAS ({args.problems} test problems)\n\n{bench_speed(system, args.problems)}\n", flush=True)

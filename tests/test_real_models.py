@@ -175,7 +175,7 @@ def test_scaled_embeddings_and_eos(real):
     ratio = (reader.embed(ids).norm(dim=-1) / raw.norm(dim=-1)).mean().item()
     assert ratio == pytest.approx(math.sqrt(640), rel=1e-3)  # Gemma3 scales its table by sqrt(hidden)
     # The LatentMAS map aims at the norm of the embeddings the model actually sees, not the raw table's.
-    link = real.links.inner["reader"]
+    link = LatentMASLink.from_model(reader.model)
     seen = reader.embed(list(range(0, 262144, 97))).norm(dim=-1).mean().item()
     assert link.target_norm == pytest.approx(seen, rel=0.05)
     assert answerer.tokenizer.convert_tokens_to_ids("<|im_end|>") in answerer.eos_token_ids

@@ -39,14 +39,16 @@ def peak_rss_mb() -> float:
 def train_links(steps: int = 0, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
     """Fit the outer links of the real system on facts' train split; returns the summary.
 
-    Always a least-squares fit first (``links.init: ridge`` on ``ridge_records`` records: the reader's state that
-    predicts its hand-off token -> the answerer's embedding of that token). ``steps > 0`` then trains them on
+    Always least-squares fits first, on ``ridge_records`` records: each agent's inner link (its state -> its own
+    embedding of the next token of its target, the inner loop's objective) and then each outer link (``links.init:
+    ridge``: the reader's state that predicts its hand-off token -> the answerer's embedding of that token). ``steps > 0`` then trains them on
     rollout latents with the answerer's answer loss. The shipped links use ``steps=0``: 40 and 80 such steps
     lowered validation accuracy and raised the shuffled arm's (docs/real_models.md#how-the-links-were-made).
     Writes the links to ``out`` (default: ``bundled/configs/real.links.safetensors``, shipped in float16).
     """
     from recursivemas.bundled import ship_links
     from recursivemas.train import TrainConfig, train
+    from recursivemas.train.inner import ridge_init_inner
     from recursivemas.train.outer import ridge_init_outer
 
     system = load(with_links=False)
@@ -59,9 +61,10 @@ def train_links(steps: int = 0, records: int = 800, seed: int = 0, out: Path | N
     data = facts.generate("train", records, seed=seed)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if steps == 0:
-            summary = {"ridge_init_cosine": ridge_init_outer(system, data[: config.ridge_records], config),
-                       "ridge_records": config.ridge_records}
+        if steps == 0:  # inner links first: the outer fit's sources are the inner links' outputs
+            fit_on = data[: config.ridge_records]
+            summary = {"inner_ridge_cosine": ridge_init_inner(system, fit_on, config),
+                       "ridge_init_cosine": ridge_init_outer(system, fit_on, config), "ridge_records": config.ridge_records}
             system.links.save(Path(tmp) / "links.safetensors")
         else:
             summary = train(system, data, config, tmp)
@@ -89,14 +92,14 @@ def passage_gold(records: list[dict]) -> list[dict[str, str]]:
     return [{"NOTE": r["passage"]} for r in records]
 
 
-def channel(system, records: list[dict], rounds: int, latent_steps: int | None = None, batch_size: int = 16):
+def channel(system, records: list[dict], rounds: int, latent_steps: int | None = None, batch_size: int = 16, progress: bool = False):
     """Every channel-test arm on ``records``: as run / shuffled / zeroed per mode, the gold hand-off, the answerer
     alone, and the answerer given the passage (arm ``text/passage``)."""
     from recursivemas.channel import channel_test
 
     report = channel_test(system, records, is_correct(records), gold=handoff_gold(records), rounds=rounds,
-                          latent_steps=latent_steps, batch_size=batch_size)
-    given = system.run(records, mode="text", probe="gold", gold=passage_gold(records), batch_size=batch_size)
+                          latent_steps=latent_steps, batch_size=batch_size, progress=progress)
+    given = system.run(records, mode="text", probe="gold", gold=passage_gold(records), batch_size=batch_size, progress=progress)
     report.add("text/passage", [facts.grade(r.text, rec) for r, rec in zip(given, records)],
                sum(r.usage.generated_tokens for r in given) / len(given))
     return report
@@ -144,11 +147,13 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
              out: Path = Path("runs/demo-real"), system_path: Path | None = None) -> dict:
     """`make demo-real`: the channel tests on ``limit`` held-out test problems, then latent vs text speed."""
     import json
+    from dataclasses import asdict
 
     from rich.console import Console
     from rich.markdown import Markdown
 
     from recursivemas import System
+    from recursivemas.channel import paired_difference
 
     console = Console()
     start = time.perf_counter()
@@ -156,22 +161,25 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
     console.print(f"[bold]{system}[/bold] ({time.perf_counter() - start:.0f}s to load)")
     records = facts.generate("test", limit)
     rounds = system.config.rounds if rounds is None else rounds
-    report = channel(system, records, rounds)
-    speeds = {r: speed(system, records[:speed_problems], r) for r in speed_rounds}
+    report = channel(system, records, rounds, progress=True)
+    timed = records[:speed_problems]
+    speeds = {r: speed(system, timed, r) for r in speed_rounds}
+    versus = paired_difference(report.correct["latent"], report.correct["text"])
     text = (f"# Real models: {system.config.name}\n\n{limit} held-out test problems (facts, 4 options, strict grading); "
             f"m = {system.config.latent_steps}; {time.strftime('%Y-%m-%d')}, {describe_machine()}.\n\n## Channel tests\n\n"
-            f"{report.to_markdown()}\n\nThe answerer given the passage itself: {report.accuracy['text/passage']:.1f}%.\n\nCorrect by kind of fact asked:\n\n"
-            f"{by_kind(report, records)}\n\n## Latent vs text ({speed_problems} problems, measured back to back)\n\n{speed_table(speeds)}\n")
+            f"{report.to_markdown()}\n\nRecursiveMAS minus text MAS (paired, same problems): {versus}.\n\n"
+            f"The answerer given the passage itself: {report.accuracy['text/passage']:.1f}%.\n\nCorrect by kind of fact asked:\n\n"
+            f"{by_kind(report, records)}\n\n## Latent vs text ({len(timed)} problems, measured back to back)\n\n{speed_table(speeds)}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text)
-    summary = {"channel": report.to_dict(), "speed": speeds, "seconds": time.perf_counter() - start}
+    summary = {"channel": report.to_dict(), "latent_minus_text": asdict(versus), "speed": speeds, "seconds": time.perf_counter() - start}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     console.print(Markdown(text))
     console.print(f"report {out / 'report.md'}, summary {out / 'summary.json'} ({summary['seconds']:.0f}s in all)")
     return summary
 
 
-def tune(n: int = 64, grid: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 4), (1, 6), (2, 1), (3, 1)), write: bool = True) -> dict:
+def tune(n: int = 64, grid: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 4), (1, 6), (1, 8), (2, 6), (3, 6)), write: bool = True) -> dict:
     """Choose rounds and m on the validation split (latent accuracy; ties go to fewer rounds, then smaller m).
 
     Each setting is also run with its latents shuffled across problems, so every score stands beside its channel test.
@@ -180,7 +188,7 @@ def tune(n: int = 64, grid: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 4
     records = facts.generate("validation", n)
 
     def accuracy(rounds: int, m: int, probe: str) -> float:
-        results = system.run(records, mode="latent", rounds=rounds, latent_steps=m, batch_size=16, probe=probe)
+        results = system.run(records, mode="latent", rounds=rounds, latent_steps=m, batch_size=16, probe=probe, progress=True)
         return 100 * sum(facts.grade(r.text, rec) for r, rec in zip(results, records)) / n
 
     scores, shuffled = {}, {}
