@@ -37,13 +37,14 @@ def peak_rss_mb() -> float:
 
 
 def train_links(steps: int = 0, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
-    """Fit the outer links of the real system on facts' train split; returns the summary.
+    """Fit the inner and outer links of the real system on facts' train split; returns the summary.
 
     Always least-squares fits first, on ``ridge_records`` records: each agent's inner link (its state -> its own
     embedding of the next token of its target, the inner loop's objective) and then each outer link (``links.init:
-    ridge``: the reader's state that predicts its hand-off token -> the answerer's embedding of that token). ``steps > 0`` then trains them on
-    rollout latents with the answerer's answer loss. The shipped links use ``steps=0``: 40 and 80 such steps
-    lowered validation accuracy and raised the shuffled arm's (docs/real_models.md#how-the-links-were-made).
+    ridge``: the reader's state that predicts its hand-off token -> the answerer's embedding of that token).
+    ``steps > 0`` then trains the outer links from that fit on rollout latents with the answerer's answer loss. The
+    shipped links use ``steps=0``: 40 and 80 such steps (on the earlier outer-only fit) lowered validation accuracy
+    and raised the shuffled arm's (docs/real_models.md#how-the-links-were-made).
     Writes the links to ``out`` (default: ``bundled/configs/real.links.safetensors``, shipped in float16).
     """
     from recursivemas.bundled import ship_links
@@ -61,13 +62,14 @@ def train_links(steps: int = 0, records: int = 800, seed: int = 0, out: Path | N
     data = facts.generate("train", records, seed=seed)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if steps == 0:  # inner links first: the outer fit's sources are the inner links' outputs
-            fit_on = data[: config.ridge_records]
-            summary = {"inner_ridge_cosine": ridge_init_inner(system, fit_on, config),
-                       "ridge_init_cosine": ridge_init_outer(system, fit_on, config), "ridge_records": config.ridge_records}
+        fit_on = data[: config.ridge_records]
+        inner = ridge_init_inner(system, fit_on, config)  # first: the outer links' sources are the inner links' outputs
+        if steps == 0:
+            summary = {"ridge_init_cosine": ridge_init_outer(system, fit_on, config), "ridge_records": config.ridge_records}
             system.links.save(Path(tmp) / "links.safetensors")
-        else:
+        else:  # the outer stage starts from the same least-squares fit (links.init: ridge) and leaves the inner links alone
             summary = train(system, data, config, tmp)
+        summary["inner_ridge_cosine"] = inner
         target = Path(out) if out else LINKS
         ship_links(Path(tmp) / "links.safetensors", target, half=True)  # float16 halves the file
     summary["train_seconds"] = time.perf_counter() - start
