@@ -61,8 +61,9 @@ def latent_message(
     if steps < 0:
         raise ValueError(f"latent steps must be >= 0, got {steps}")
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    no_message = (inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32), [0] * batch)
     if steps == 0:
-        return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32), [0] * batch
+        return no_message
     mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
     if past is not None:
         mask = torch.cat([past.mask.long(), mask], dim=1)
@@ -78,7 +79,9 @@ def latent_message(
     for step in range(steps):
         if head is not None:
             with torch.no_grad():  # where the sender's own next token would end a text hand-off
-                stops = torch.isin(head(h.detach()).argmax(-1), stop_ids.to(h.device)).cpu()
+                greedy = head(h.detach()).argmax(-1)
+                stop_ids = stop_ids.to(greedy.device)  # copied on the first thought only, then a no-op
+                stops = torch.isin(greedy, stop_ids).cpu()
             lengths = torch.where(stops & (lengths == steps), torch.tensor(step), lengths)
             if bool((lengths < steps).all()):
                 break
@@ -90,7 +93,7 @@ def latent_message(
         positions = positions[:, -1:] + 1
         h = _last_hidden(decoder, thought.to(dtype).unsqueeze(1), mask, positions, cache)
     if not thoughts:  # every row stopped before its first thought
-        return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1], dtype=torch.float32), [0] * batch
+        return no_message
     return torch.stack(thoughts, dim=1), lengths.tolist()
 
 
