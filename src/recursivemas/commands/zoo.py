@@ -83,6 +83,8 @@ def register(app: typer.Typer) -> None:
         rounds: int = typer.Option(1, "--rounds", help="Rounds unrolled while training (the system file keeps its tuned rounds)."),
         workers: int = typer.Option(2, "--workers", help="Systems trained at once, one process and one torch thread each."),
         lr: float = typer.Option(1e-3, "--lr", help="Learning rate of both loops."),
+        warmup: int = typer.Option(10, "--warmup", help="Linear warm-up steps of each loop. From a ridge init at lr 3e-3, 10 can knock the "
+                                   "links off the fit for good (docs/zoo.md#links-of-the-bundled-systems); the sequential recipe uses 100."),
         link_init: str = typer.Option("ridge", "--link-init", help="Outer links start as: ridge (least squares to the receiver's embedding "
                                       "of the sender's next token: a text hand-off in latent form) or random."),
         upstream_weight: float = typer.Option(0.0, "--upstream-weight", help="Add this times the other agents' own-target CE "
@@ -96,7 +98,7 @@ def register(app: typer.Typer) -> None:
         try:
             seconds = train_bundled(names, workers=workers, steps=steps, inner_steps=inner_steps, records=records, seed=seed,
                                     latent_source=latent_source, latent_steps=latent_steps, rounds=rounds, link_init=link_init, lr=lr,
-                                    upstream_weight=upstream_weight)
+                                    warmup_steps=warmup, upstream_weight=upstream_weight)
         except FileNotFoundError as err:
             raise typer.BadParameter(str(err), param_hint="--system") from None
         for name, s in seconds.items():
