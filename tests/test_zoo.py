@@ -144,9 +144,26 @@ def test_zoo_links_names_an_unknown_system_before_training():
     assert "sequentail" in result.output and "bundled:" in result.output
 
 
+def test_zoo_links_passes_its_warmup_to_both_loops(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import recursivemas.bundled as bundled
+    from recursivemas.cli import app
+
+    seen = {}
+    monkeypatch.setattr(bundled, "train_bundled", lambda names, **kw: seen.update(kw) or {n: 0.0 for n in names})
+    result = CliRunner().invoke(app, ["zoo", "links", "--system", "sequential", "--warmup", "100", "--lr", "3e-3"])
+    assert result.exit_code == 0, result.output
+    assert seen["warmup_steps"] == 100 and seen["lr"] == 3e-3
+    # the option reaches TrainConfig under its own name (a typo would be a TypeError there, not a silent default)
+    from recursivemas.train import TrainConfig
+
+    assert TrainConfig(warmup_steps=seen["warmup_steps"]).warmup_steps == 100
+
+
 # The bundled systems' latents must carry the question's hidden fact: as run, latent mode must clear a floor, and
 # the engine's shuffle probe (each question gets another's latents, a seeded derangement) must cost a margin.
-# Measured on the first 24 validation problems (seed 0) when shipped: sequential 17 as run and 4
+# Measured on the first 24 validation problems (seed 0) when shipped: sequential 16 as run and 4
 # shuffled; distillation 16 and 2; mixture 16 and 1.
 MIN_LATENT = {"sequential": 0.45, "distillation": 0.45, "mixture": 0.45}
 MIN_CHANNEL_GAIN = {"sequential": 0.25, "distillation": 0.25, "mixture": 0.25}
