@@ -247,3 +247,17 @@ def test_outer_link_training_lowers_the_loss(real, tmp_path):
     summary = train(real, records * 8, config, tmp_path / "run", eval_records=records)  # runs last: it changes the links
     stage = summary["stages"]["outer"]
     assert stage["final_loss"] < stage["first_loss"], stage
+
+
+def test_real_train_command_passes_lr_warmup_and_out(monkeypatch, tmp_path):
+    """`python -m recursivemas.real train` reaches train_links with its flags (no model is loaded: train_links is replaced)."""
+    from recursivemas import real as bundled
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # main() pins 1 thread for the process; not ours
+    seen = {}
+    monkeypatch.setattr(bundled, "train_links", lambda **kw: seen.update(kw) or {"train_seconds": 0.0})
+    bundled.main(["train", "--steps", "60", "--lr", "1e-4", "--warmup", "30", "--out", str(tmp_path / "l.safetensors")])
+    assert seen == {"steps": 60, "records": 800, "out": tmp_path / "l.safetensors", "lr": 1e-4, "warmup_steps": 30}
+    seen.clear()
+    bundled.main(["train"])  # without --warmup, train_links keeps its own default
+    assert "warmup_steps" not in seen and seen["out"] is None

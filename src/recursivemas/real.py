@@ -219,10 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("train", "tune", "demo"))
     parser.add_argument("--steps", type=int, default=0, help="outer-loop steps after the least-squares fit (shipped: 0)")
     parser.add_argument("--records", type=int, default=800)
+    parser.add_argument("--lr", type=float, default=1e-3, help="outer-loop learning rate")
+    parser.add_argument("--warmup", type=int, default=None, help="outer-loop warm-up steps (default: min(10, steps // 5))")
+    parser.add_argument("--out", type=Path, default=None, help="where train writes the links (default: the shipped file)")
     parser.add_argument("-n", type=int, default=None, help="problems (tune: validation, default 64; demo: test, default 64)")
     args = parser.parse_args(argv)
     if args.command == "train":
-        summary = train_links(steps=args.steps, records=args.records)
+        extra = {} if args.warmup is None else {"warmup_steps": args.warmup}
+        summary = train_links(steps=args.steps, records=args.records, out=args.out, lr=args.lr, **extra)
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str))
     elif args.command == "tune":
         print(json.dumps(tune(n=args.n or 64), indent=1))
