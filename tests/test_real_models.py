@@ -256,8 +256,8 @@ def test_real_train_command_passes_lr_warmup_and_out(monkeypatch, tmp_path):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # main() pins 1 thread for the process; not ours
     seen = {}
     monkeypatch.setattr(bundled, "train_links", lambda **kw: seen.update(kw) or {"train_seconds": 0.0})
-    bundled.main(["train", "--steps", "60", "--lr", "1e-4", "--warmup", "30", "--out", str(tmp_path / "l.safetensors")])
-    assert seen == {"steps": 60, "records": 800, "out": tmp_path / "l.safetensors", "lr": 1e-4, "warmup_steps": 30}
+    bundled.main(["train", "--steps", "60", "--lr", "3e-4", "--warmup", "12", "--out", str(tmp_path / "l.safetensors")])
+    assert seen == {"steps": 60, "records": 800, "out": tmp_path / "l.safetensors", "lr": 3e-4, "warmup_steps": 12}
     seen.clear()
-    bundled.main(["train"])  # without --warmup, train_links keeps its own default
-    assert "warmup_steps" not in seen and seen["out"] is None
+    bundled.main(["train"])  # the shipped recipe; without --warmup, train_links keeps its own default
+    assert seen == {"steps": 150, "records": 800, "out": None, "lr": 1e-4}
