@@ -259,5 +259,5 @@ def test_real_train_command_passes_lr_warmup_and_out(monkeypatch, tmp_path):
     bundled.main(["train", "--steps", "60", "--lr", "3e-4", "--warmup", "12", "--out", str(tmp_path / "l.safetensors")])
     assert seen == {"steps": 60, "records": 800, "out": tmp_path / "l.safetensors", "lr": 3e-4, "warmup_steps": 12}
     seen.clear()
-    bundled.main(["train"])  # the shipped recipe; without --warmup, train_links keeps its own default
-    assert seen == {"steps": 150, "records": 800, "out": None, "lr": 1e-4}
+    bundled.main(["train"])  # the shipped recipe; without --lr or --warmup, train_links keeps its own defaults
+    assert seen == {"steps": 150, "records": 800, "out": None}

@@ -219,14 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("train", "tune", "demo"))
     parser.add_argument("--steps", type=int, default=150, help="outer-loop steps after the least-squares fit (0: the fit alone)")
     parser.add_argument("--records", type=int, default=800)
-    parser.add_argument("--lr", type=float, default=1e-4, help="outer-loop learning rate")
+    parser.add_argument("--lr", type=float, default=None, help="outer-loop learning rate (default: train_links's, 1e-4)")
     parser.add_argument("--warmup", type=int, default=None, help="outer-loop warm-up steps (default: min(30, steps // 5))")
     parser.add_argument("--out", type=Path, default=None, help="where train writes the links (default: the shipped file)")
     parser.add_argument("-n", type=int, default=None, help="problems (tune: validation, default 64; demo: test, default 64)")
     args = parser.parse_args(argv)
     if args.command == "train":
-        extra = {} if args.warmup is None else {"warmup_steps": args.warmup}
-        summary = train_links(steps=args.steps, records=args.records, out=args.out, lr=args.lr, **extra)
+        given = {"lr": args.lr, "warmup_steps": args.warmup}  # unset flags keep train_links's defaults (one place)
+        summary = train_links(steps=args.steps, records=args.records, out=args.out, **{k: v for k, v in given.items() if v is not None})
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str))
     elif args.command == "tune":
         print(json.dumps(tune(n=args.n or 64), indent=1))
