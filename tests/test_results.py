@@ -234,3 +234,38 @@ def test_channel_section_says_whether_latents_carry_information():
     assert "Zeroing the latents costs +20.0 [" in unclear and "soft prompt" in unclear
     worse = "\n".join(render_channel_table(_channel_res(90, 120), {}))
     assert "but it lowers accuracy" in worse
+
+
+def _arm(acc: float) -> dict:
+    return {"n": 200, "accuracy": acc, "ci95": 0.05, "tokens": 20.0, "time_s": 0.02}
+
+
+def test_rounds_claim_needs_growth_not_a_flat_gain():
+    """(a): a gain that is the same at 1, 2 and 3 rounds does not "grow with rounds"; one that rises does."""
+    from recursivemas.results.markdown import render_rounds_table
+
+    def res(deltas):
+        rows = [{"rounds": n, "text": _arm(0.5), "latent": _arm(0.5 + d), "delta": d, "speedup": 2.0, "token_saving": 0.8}
+                for n, d in zip((1, 2, 3), deltas)]
+        return {"a": {"rows": rows, "single": _arm(0.2)}, "budget": {"inner_steps": 1, "outer_steps": 1},
+                "chosen": {"latent_steps": 1, "rounds": 1}, "shipped_links": True, "zoo_agents": True}
+
+    flat = "\n".join(render_rounds_table(res([0.01, 0.01, 0.01]), {}))
+    assert "at every number of rounds: **holds here**" in flat and "grows with rounds: **does not hold here**" in flat
+    rising = "\n".join(render_rounds_table(res([0.01, 0.03, 0.03]), {}))
+    assert "grows with rounds: **holds here**" in rising
+
+
+def test_m_claim_separates_rising_from_m0_and_staying_up():
+    """(c): accuracy that peaks at m = 1 and falls by m = 32 rises from m = 0 but does not stay up, and says why."""
+    from recursivemas.results.markdown import render_m_table
+
+    def res(vals):
+        rows = [{"m": m, "val_accuracy": v, "val_n": 100, "test": _arm(v)} for m, v in zip((0, 1, 8, 32), vals)]
+        return {"c": {"rows": rows, "rounds": 1}, "chosen": {"latent_steps": 1, "rounds": 1}}
+
+    falls = "\n".join(render_m_table(res([0.16, 1.0, 0.4, 0.21]), {}))
+    assert "rising from m = 0 **holds here**" in falls
+    assert "(m = 32: 21.0% against 100.0% at the best, m = 1) **does not hold here**" in falls and "Why, at this scale" in falls
+    flat = "\n".join(render_m_table(res([0.16, 0.9, 0.92, 0.9]), {}))
+    assert "rising from m = 0 **holds here**" in flat and "m = 8) **holds here**" in flat and "Why" not in flat
