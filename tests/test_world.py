@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
@@ -82,6 +83,23 @@ def test_hidden_fact_values_are_not_in_the_question() -> None:
         assert not any(ch.isdigit() for ch in sentence), sentence
 
 
+def test_the_question_does_not_narrow_the_hidden_value() -> None:
+    """Every value 1..9 fits every chain, and the values are uniform: a solver not told the fact guesses, 1 in 9."""
+    records = generate("train", 1800, seed=0) + generate("validation", 200, seed=0)
+    for r in records:
+        op, h = r["ops"][r["hidden"]][0], r["hidden"]
+        for v in range(1, 10):
+            total = _evaluate(r["start"], r["ops"][:h] + [[op, v]])
+            for later_op, x in r["ops"][h + 1:]:
+                assert later_op != "div" or total % x == 0, r["question"]
+                total = _evaluate(total, [[later_op, x]])
+            assert 1 <= total <= 30, r["question"]
+    counts = Counter(r["ops"][r["hidden"]][1] for r in records)
+    assert set(counts) == set(range(1, 10)) and max(counts.values()) < 1.3 * min(counts.values()), counts
+    domains = Counter(r["domain"] for r in records)  # a purchase rejects more chains, yet domains stay even
+    assert min(domains.values()) > 0.28 * len(records), domains
+
+
 def test_random_facts_keep_the_problems_but_not_the_table() -> None:
     world, told = generate("train", 600, seed=0), generate("train", 600, seed=0, facts="random")
     # The same chains and answers; only the named item changes, so its value cannot be looked up.
@@ -97,7 +115,9 @@ def test_knobs() -> None:
     recs = generate("train", 200, seed=0, steps=3, max_value=5, max_total=20, domains="money")
     assert all(r["steps"] == 3 and r["domain"] == "money" for r in recs)
     for r in recs:
-        assert r["start"] <= 5 and all(x <= 5 for op, x in r["ops"] if op in ("add", "sub"))
+        # max_value bounds what the question states; the hidden fact's value is always one of 1..9.
+        stated = [x for i, (op, x) in enumerate(r["ops"]) if op in ("add", "sub") and i != r["hidden"]]
+        assert r["start"] <= 5 and all(x <= 5 for x in stated) and 1 <= r["ops"][r["hidden"]][1] <= 9
         total = r["start"]
         for op, x in r["ops"]:
             total = _evaluate(total, [[op, x]])

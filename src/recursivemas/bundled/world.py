@@ -9,9 +9,11 @@ One operation of every problem names a fact the question does not state (docs/zo
 the price of an item (``He buys a kite.``), the contents of a coloured bag (``Ann empties the red bag
 into the box.``), the length of a stop (``The bus stops at the bakery.``). The world's facts are fixed
 (``FACTS``); an agent that memorised them (a planner, an expert) can tell, an agent that did not has to be
-told. ``facts="random"`` draws the same kind of problems with each named fact's value drawn at random per
-problem (the item is picked independently of its value): receivers pretrained on those learn to read the
-fact from their slot and cannot learn the world's table.
+told. The fact's value is uniform over 1..9 and every one of the nine fits the chain, so the question
+alone narrows nothing down: untold, an agent guesses right one time in nine. ``facts="random"`` draws
+the same kind of problems with each named fact's value drawn at random per problem (the item is picked
+independently of its value): receivers pretrained on those learn to read the fact from their slot and
+cannot learn the world's table.
 
 Each record carries a target for every role a bundled system uses:
 
@@ -148,9 +150,28 @@ def _draw_chain(rng: random.Random, steps: int, max_value: int, max_total: int) 
     return start, ops
 
 
-def _fact_position(rng: random.Random, domain: str, ops: Sequence[tuple[str, int]]) -> int | None:
-    """Which operation the hidden fact stands for: one of the domain's fact kind with an operand of 1..9."""
-    options = [i for i, (op, x) in enumerate(ops) if op == FACT_OP[domain] and x <= 9]
+def _valid(start: int, ops: Sequence[tuple[str, int]], max_total: int) -> bool:
+    """Every running total stays in [1, max_total] and every division is exact."""
+    total = start
+    for op, x in ops:
+        if op == "div" and total % x:
+            return False
+        total = _apply(op, total, x)
+        if not 1 <= total <= max_total:
+            return False
+    return True
+
+
+def _fact_position(rng: random.Random, domain: str, start: int, ops: Sequence[tuple[str, int]],
+                   max_total: int) -> int | None:
+    """Which operation the hidden fact stands for: one of the domain's fact kind that every fact value fits.
+
+    The chain must stay valid whichever of the values 1..9 the fact has, so that nothing the question
+    states (a later halving that needs an even total, a purchase that must leave money) narrows the
+    value down: an agent that is not told it can only guess, one in nine (docs/zoo.md#the-world).
+    """
+    options = [i for i, (op, _) in enumerate(ops) if op == FACT_OP[domain] and all(
+        _valid(start, [*ops[:i], (op, v), *ops[i + 1:]], max_total) for v in _FACT_VALUES)]
     return rng.choice(options) if options else None
 
 
@@ -239,9 +260,9 @@ def generate(
     """`n` distinct problems of `split`, the same for the same arguments.
 
     Knobs: ``steps`` (an int, or an inclusive ``(lo, hi)`` range drawn uniformly per problem),
-    ``max_value`` (largest start value and add/subtract operand), ``max_total`` (no running
-    total exceeds it), ``domains`` (one name or several from ``DOMAINS``, drawn uniformly),
-    ``facts`` (``world``: the hidden fact's item is the one whose value ``FACTS`` gives; ``random``:
+    ``max_value`` (largest start value and stated add/subtract operand; the hidden value is always
+    1..9), ``max_total`` (no running total exceeds it), ``domains`` (one name or several from
+    ``DOMAINS``, drawn uniformly), ``facts`` (``world``: the hidden fact's item is the one whose value ``FACTS`` gives; ``random``:
     any item, so the value cannot be looked up; for pretraining agents that must read it).
     """
     if split not in SPLITS:
@@ -263,23 +284,30 @@ def generate(
     seen: set[str] = set()
     records: list[dict[str, Any]] = []
     tries = 0
+    domain = None
     while len(records) < n:
         tries += 1
         if tries > 200 * n + 10_000:
             raise ValueError(f"could not draw {n} distinct {split} problems with these knobs; widen max_value or steps")
-        domain = rng.choice(names)
+        # A record's domain is drawn once and kept until a chain fits it: domains stay uniform although
+        # some reject more chains than others (a purchase needs 10 dollars or more to spend).
+        domain = domain or rng.choice(names)
         start, ops = _draw_chain(rng, rng.randint(lo, hi), max_value, max_total)
+        hidden = _fact_position(rng, domain, start, ops, max_total)
+        if hidden is None:  # every problem needs one fact the question only names
+            continue
+        # The fact's value is drawn afresh, uniform and independent of everything the question states
+        # (the chain's later operations were drawn for the old value, so they cannot hint at the new one).
+        x = rng.choice(_FACT_VALUES)
+        ops[hidden] = (ops[hidden][0], x)
         sig = _signature(domain, start, ops)
         if sig in seen or split_of(domain, start, ops) != split:
             continue
-        hidden = _fact_position(rng, domain, ops)
-        if hidden is None:  # every problem needs one fact the question only names
-            continue
         seen.add(sig)
-        x = ops[hidden][1]
         item = (item_rng.choice(_FACT_ITEMS[domain]) if facts == "random"
                 else _FACT_ITEMS[domain][_FACT_VALUES.index(x)])
         records.append(_render(rng, domain, start, ops, f"{split}-{seed}-{len(records):06d}", hidden, item))
+        domain = None
     return records
 
 
