@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import torch
 import typer
 import yaml
 from typer.testing import CliRunner
@@ -269,3 +270,30 @@ def test_m_claim_separates_rising_from_m0_and_staying_up():
     assert "(m = 32: 21.0% against 100.0% at the best, m = 1) **does not hold here**" in falls and "Why, at this scale" in falls
     flat = "\n".join(render_m_table(res([0.16, 0.9, 0.92, 0.9]), {}))
     assert "rising from m = 0 **holds here**" in flat and "m = 8) **holds here**" in flat and "Why" not in flat
+
+
+def test_a_changed_system_is_not_resumed(tmp_path):
+    """New weights or links under the same system path must not reuse the old run's answers: the claim is refused."""
+    from safetensors.torch import save_file
+
+    from recursivemas.results.workdir import claim, fingerprint
+
+    model = tmp_path / "agent"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "links.safetensors"))
+    system = tmp_path / "system.yaml"
+    prompts = {"planner": "{question} <<FEEDBACK>>", "critic": "{question} <<PLAN>>", "solver": "{question} <<REFINED_PLAN>>"}
+    system.write_text(yaml.safe_dump({"name": "s", "pattern": "sequential", "links": {"checkpoint": "links.safetensors"},
+                                      "agents": {role: {"model": "agent", "prompt": p} for role, p in prompts.items()}}))
+    first = fingerprint(system, 0)
+    assert fingerprint(system, 0) == first and fingerprint(system, 1) != first  # the seed picks other problems
+    (model / "model.safetensors").write_bytes(b"weights v2")
+    second = fingerprint(system, 0)
+    save_file({"w": torch.ones(2)}, str(tmp_path / "links.safetensors"))
+    assert len({first, second, fingerprint(system, 0)}) == 3
+    work = tmp_path / "work"
+    claim(work, {"system": str(system), "fingerprint": first, "seed": 0})
+    claim(work, {"system": str(system), "fingerprint": first, "seed": 0})  # the same run resumes
+    with pytest.raises(ValueError, match="different fingerprint"):
+        claim(work, {"system": str(system), "fingerprint": second, "seed": 0})

@@ -32,7 +32,7 @@ from recursivemas.results.tables import (
     compute_rounds_table,
     heldout_gap,
 )
-from recursivemas.results.workdir import ReportRun, claim, locked
+from recursivemas.results.workdir import ReportRun, claim, fingerprint, locked
 
 
 def run_report(
@@ -51,13 +51,14 @@ def run_report(
     ``system_path``: a system file or a saved system directory (default: :func:`default_system_path`).
     ``threads``: torch CPU threads (1 is fastest for these tiny models on a shared 2-core machine).
     ``work_dir`` (default ``runs/report/<budget>``): records and training runs. A rerun with the same ``work_dir``
-    resumes (finished training runs and recorded answers are reused); one made with another system, budget or seed
-    is refused.
+    resumes (finished training runs and recorded answers are reused); one made with another system, budget or seed,
+    or before the system's files or the world changed (``workdir.fingerprint``), is refused.
     """
     spec = resolve_budget(budget)
     system_path = Path(system_path) if system_path is not None else default_system_path()
     work_dir = Path(work_dir) if work_dir is not None else Path("runs/report") / spec.name
-    claim(work_dir, {"system": str(system_path.resolve()), "budget": asdict(spec), "seed": seed})
+    claim(work_dir, {"system": str(system_path.resolve()), "fingerprint": fingerprint(system_path, seed),
+                     "budget": asdict(spec), "seed": seed})
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

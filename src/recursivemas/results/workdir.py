@@ -6,6 +6,7 @@ invocation shares between stages (data, timings, and the evaluate / train calls 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from recursivemas.bundled import world
+from recursivemas.config import CONFIG_NAME, ConfigError, load_config
 from recursivemas.eval.harness import evaluate
 from recursivemas.results.protocol import Budget, world_examples
 
@@ -50,6 +52,30 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def fingerprint(system_path: Path, seed: int) -> str:
+    """A digest of what a report's answers depend on besides budget and seed: the system file (or saved directory),
+    every local model and links file it names, and the world's problems. A work directory made before any of them
+    changed (new weights, retrained links, another world) is refused, never silently resumed."""
+    digest = hashlib.sha256()
+    config_file = system_path / CONFIG_NAME if system_path.is_dir() else system_path
+    files = sorted(system_path.rglob("*")) if system_path.is_dir() else [system_path]
+    try:
+        config = load_config(config_file) if config_file.is_file() else None
+    except ConfigError:  # a broken system file fails with its own error when the run loads it
+        config = None
+    if config is not None:
+        named = [config.resolve(a.model) for a in config.agents.values()]
+        named += [config.resolve(config.links.checkpoint)] if config.links.checkpoint else []
+        for path in map(Path, named):  # hub ids and package names are not local paths: nothing to read
+            files += sorted(path.rglob("*")) if path.is_dir() else [path]
+    for f in files:
+        if f.is_file():
+            digest.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    for split in ("validation", "test"):
+        digest.update(json.dumps(world.generate(split, 8, seed), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def claim(work_dir: Path, identity: dict[str, Any]) -> None:
