@@ -39,7 +39,7 @@ def test_mixture_experts_on_one_model_are_batched_without_changing_results(tiny_
     assert system.agents["math"].model is system.agents["code"].model
     calls = {"n": 0}
     system.agents["math"].model.model.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-    batched = system.run(["What is 2 + 2?"], mode="latent", rounds=1)[0]
+    batched = system.run(["What is 2 + 2?"], mode="latent", rounds=1, reuse_prefix=False)[0]  # no prefix pass to count
     assert calls["n"] == 3  # three experts, one batched rollout of 3 latent steps
     # the same thoughts as rolling each expert out alone
     expert_inputs = {}

@@ -6,8 +6,9 @@ import torch
 from recursivemas import InnerLink, System, latent_rollout
 from recursivemas.bundled import bundled_config
 from recursivemas.generation import decode_batch
+from recursivemas.kv import backbone_of, encode_past, encode_rows, positions_from_mask
 from recursivemas.prefix import PrefixStore, prefix_length
-from recursivemas.slots import build_inputs
+from recursivemas.slots import build_inputs, left_pad
 from recursivemas.bundled.world import generate as world_problems
 from conftest import TINY_AGENTS, make_sequential_config
 
@@ -47,6 +48,27 @@ def test_prefix_then_tail_equals_the_whole_prompt(tiny_agents, tmp_path, family)
     assert tail.encoded == [0, 0, 0] and tail.reused == cuts  # already stored: read from the cache, not encoded
     # every prompt position is still read exactly once
     assert [c + p for c, p in zip(cuts, reused_session.positions)] == session.positions
+
+
+@pytest.mark.parametrize("family", list(TINY_AGENTS))
+def test_rows_encoded_in_chunks_read_like_one_padded_batch(tiny_agents, tmp_path, family):
+    """``encode_rows`` (shared start once, length-sorted chunks, zero-padded joins) continues like ``encode_past``."""
+    agent = _agent_system(tiny_agents, tmp_path, family).agents["planner"]
+    questions = QUESTIONS + ["A much longer question about seven boxes of pens and two of pencils?", "1 + 1?"]
+    with torch.no_grad():
+        rows = [agent.embed(agent.encode(agent.render(q))) for q in questions]
+        whole = encode_past(agent.model, *left_pad(rows))
+        parts = encode_rows(agent.model, rows, chunk=2)  # three chunks, so the join and the reordering run
+        assert parts.mask.shape == whole.mask.shape and parts.mask.sum(-1).tolist() == [len(r) for r in rows]
+        assert bool(parts.mask[:, 0].all())  # the chat template's opening is encoded once, for every row
+        nxt = torch.randn(len(rows), 2, agent.hidden_size)
+        outs = []
+        for past in (whole, parts):
+            mask = torch.cat([past.mask, torch.ones(len(rows), 2, dtype=torch.long)], dim=1)
+            out = backbone_of(agent.model)(inputs_embeds=nxt, attention_mask=mask, position_ids=positions_from_mask(mask)[:, -2:],
+                                           past_key_values=past.cache, use_cache=True)
+            outs.append(out.last_hidden_state)
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-4)
 
 
 def test_prefix_stops_before_the_first_slot(tiny_agents, tmp_path):

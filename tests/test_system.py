@@ -32,10 +32,10 @@ def test_latent_mode_generates_only_in_the_decoders_last_round(sequential, round
         assert talkers == [("solver", rounds)]
         answers = [s for s in res.usage.steps if s.action == "answer"]
         assert len(answers) == 1 and answers[0].generated_tokens <= 6
-        # every non-final step is a latent rollout of M steps, M forward calls (+1 in round 1 of several: the prompt prefix)
+        # every non-final step is a latent rollout of M steps, M forward calls (+1 in round 1: the prompt prefix)
         for s in res.usage.steps:
             if s.action == "latent":
-                assert s.latent_steps == 4 and s.forward_calls == 4 + (rounds > 1 and s.round == 1)
+                assert s.latent_steps == 4 and s.forward_calls == 4 + (s.round == 1)
         # rounds: planner, critic, solver per non-final round; planner, critic then the answer in the last
         assert len(res.usage.steps) == 3 * rounds
         assert res.usage.latent_steps == 4 * (3 * rounds - 1)

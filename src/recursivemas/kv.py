@@ -3,7 +3,8 @@
 - ``backbone_of(model)``: the LM-head-free decoder stack of a causal LM, whose ``last_hidden_state`` is the
   LM-head input (after the final norm) in every family we support (docs/method.md#latent-rollout);
 - ``positions_from_mask``: position ids of a left-padded batch, counting real tokens only;
-- ``Past`` / ``encode_past``: a cache over already-encoded positions and its attention mask.
+- ``Past`` / ``encode_past``: a cache over already-encoded positions and its attention mask;
+- ``encode_rows``: the same cache for rows of unequal length, encoded without most of their padding.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -72,3 +74,61 @@ def encode_past(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> P
     cache = new_cache(model)
     backbone_of(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), past_key_values=cache, use_cache=True)
     return Past(cache, mask)
+
+
+ROW_CHUNK = 32  # rows encoded together by ``encode_rows``: 200 prefixes in chunks of 25-50 took ~0.6x the time of one batch
+
+
+def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHUNK) -> Past:
+    """The ``Past`` that ``encode_past`` gives for ``left_pad(rows)``, computed with less work.
+
+    Positions every row starts with (a chat template's opening and system prompt) are encoded once, at
+    batch 1; the rest of each row is encoded in chunks of rows of similar length, so a chunk pads only to
+    its own longest row, and small chunks also run faster per row on a CPU. The chunks' caches are then
+    joined with zero keys and values at the padding, which the mask hides: rows read ``[shared, pads, rest]``.
+    Caches with sliding-window (or other non-plain) layers are encoded as one padded batch.
+    """
+    from recursivemas.slots import left_pad  # slots builds on agent, which this lowest module must not import
+
+    longest, n = max(r.shape[0] for r in rows), len(rows)
+    if n == 1 or not all(type(layer) is DynamicLayer for layer in new_cache(model).layers):
+        return encode_past(model, *left_pad(rows))
+    first = rows[0]
+    shared = min(r.shape[0] for r in rows) - 1  # every row keeps at least one position of its own
+    for r in rows[1:]:
+        differs = (r[:shared] != first[:shared]).any(-1).nonzero()
+        shared = int(differs[0]) if len(differs) else shared
+    ones = torch.ones(1, shared, dtype=torch.long, device=first.device)
+    head = encode_past(model, first[None, :shared], ones) if shared else None
+    order = sorted(range(n), key=lambda i: rows[i].shape[0])
+    keys: list[list[torch.Tensor]] = []
+    values: list[list[torch.Tensor]] = []
+    masks = []
+    for start in range(0, n, chunk):
+        part = order[start : start + chunk]
+        embeds, mask = left_pad([rows[i][shared:] for i in part])
+        if head is None:
+            cache = new_cache(model)
+        else:
+            cache = copy.deepcopy(head.cache)
+            cache.batch_repeat_interleave(len(part))
+        full = torch.cat([ones.expand(len(part), -1), mask], dim=1)
+        backbone_of(model)(inputs_embeds=embeds, attention_mask=full, position_ids=positions_from_mask(full)[:, shared:],
+                           past_key_values=cache, use_cache=True)
+        pad = longest - shared - mask.shape[1]  # zero positions between the shared run and this chunk's own
+        keys.append([_pad_at(layer.keys, shared, pad) for layer in cache.layers])
+        values.append([_pad_at(layer.values, shared, pad) for layer in cache.layers])
+        masks.append(torch.cat([full[:, :shared], mask.new_zeros(len(part), pad), mask], dim=1))
+    back = torch.tensor(sorted(range(n), key=order.__getitem__), device=first.device)  # chunk order -> row order
+    for k, layer in enumerate(cache.layers):  # reuse the last chunk's cache object, filled with every row
+        layer.keys = torch.cat([chunk_keys[k] for chunk_keys in keys])[back]
+        layer.values = torch.cat([chunk_values[k] for chunk_values in values])[back]
+    return Past(cache, torch.cat(masks)[back])
+
+
+def _pad_at(states: torch.Tensor, at: int, pad: int) -> torch.Tensor:
+    """``[batch, heads, len, dim]`` states with ``pad`` zero positions inserted before position ``at``."""
+    if pad == 0:
+        return states
+    zeros = states.new_zeros(states.shape[0], states.shape[1], pad, states.shape[3])
+    return torch.cat([states[:, :, :at], zeros, states[:, :, at:]], dim=2)

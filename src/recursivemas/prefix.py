@@ -6,9 +6,10 @@ prefixes once per (batch, group of agents) and hands each pass a copy of the cac
 only its slots and the rest. The prefix stops one position short of the first slot, so every pass
 encodes at least one position of its own and ends on the prompt's true last position.
 
-Padding: rows are left-padded within the prefix and again within the tail, so a row reads
-``[pads, prefix, pads, tail]``; the attention mask marks both pad runs and positions count real tokens
-only (``positions_from_mask``), which is what encoding the whole row at once would see.
+Padding: the prefixes are encoded by ``kv.encode_rows`` (their shared start once, the rest in
+length-sorted chunks), and the tail is left-padded again, so a row reads ``[shared, pads, prefix rest,
+pads, tail]``; the attention mask marks every pad run and positions count real tokens only
+(``positions_from_mask``), which is what encoding the whole row at once would see (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Sequence
 import torch
 
 from recursivemas.agent import Agent, Slot
-from recursivemas.kv import Past, encode_past
+from recursivemas.kv import Past, check_room, encode_rows
 from recursivemas.slots import Input, SlotFill, left_pad, row_embeddings
 
 
@@ -54,22 +55,27 @@ class PrefixStore:
         self._pasts: dict[tuple[str, ...], Past] = {}
         self._cuts: dict[str, list[int]] = {}  # per agent, each question's prefix length (tokenized once)
 
-    def inputs(self, agents: Sequence[Agent], fills: dict[str, dict[str, Sequence[SlotFill]]]) -> Tail:
-        """Rows for ``agents`` (agent-major) minus their prefixes, with a fresh copy of the prefix cache."""
+    def inputs(self, agents: Sequence[Agent], fills: dict[str, dict[str, Sequence[SlotFill]]], more: int = 0,
+               what: str = "nothing more") -> Tail:
+        """Rows for ``agents`` (agent-major) minus their prefixes, with a fresh copy of the prefix cache.
+
+        Refuses rows that, with ``more`` positions still to come (``what``), would run past the model's
+        positions (``kv.check_room``), before anything is encoded.
+        """
         rows, cuts = [], []
         for agent in agents:
             rows += [row_embeddings(agent, q, fills[agent.name], i) for i, q in enumerate(self.inputs_)]
             if agent.name not in self._cuts:
                 self._cuts[agent.name] = [prefix_length(agent, q) if self.reuse else 0 for q in self.inputs_]
             cuts += self._cuts[agent.name]
+        check_room(agents[0].name, agents[0].model, max(r.shape[0] for r in rows), more, what)
         if min(cuts) == 0:  # reuse is off, or some row has no prefix: encode every row whole
             embeds, mask = left_pad(rows)
             return Tail(embeds, mask, None, [0] * len(rows), [0] * len(rows))
         key = tuple(a.name for a in agents)
         fresh = key not in self._pasts
         if fresh:
-            embeds, mask = left_pad([r[:c] for r, c in zip(rows, cuts)])
-            self._pasts[key] = encode_past(agents[0].model, embeds, mask)
+            self._pasts[key] = encode_rows(agents[0].model, [r[:c] for r, c in zip(rows, cuts)])
         past = self._pasts[key]
         embeds, mask = left_pad([r[c:] for r, c in zip(rows, cuts)])
         none = [0] * len(rows)

@@ -19,7 +19,7 @@ from recursivemas.agent import Agent, as_fields, load_model_and_tokenizer
 from recursivemas.config import CONFIG_NAME, ConfigError, GenerationConfig, SystemConfig, dump_config, load_config
 from recursivemas.generation import DecodeSession, cut_at_stop, decode_batch, stop_check
 from recursivemas.graph import Graph, edge_name
-from recursivemas.kv import check_room, position_limit
+from recursivemas.kv import position_limit
 from recursivemas.links import LatentMASLink
 from recursivemas.linkset import LinkSet
 from recursivemas.prefix import PrefixStore, Tail
@@ -155,9 +155,9 @@ class System:
         with each slot holding ``gold[i][SLOT]``, the gold upstream text: the ceiling of what upstream
         can give.
 
-        ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch and reuses its KV
-        cache in later rounds (``recursivemas.prefix``; a one-round run has nothing to reuse); turning it
-        off encodes every prompt whole, for checks. ``trace`` collects the schedule's events (tests).
+        ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch (its rows' shared
+        start once, the rest in length-sorted chunks: ``kv.encode_rows``) and reuses its KV cache in every
+        pass (``recursivemas.prefix``); turning it off encodes every prompt whole, for checks. ``trace`` collects the schedule's events (tests).
         ``should_stop`` is asked before every turn of every round; when it answers true the run raises
         ``Cancelled`` (the server stops work for a client that went away).
         """
@@ -193,8 +193,9 @@ class System:
         handoffs: list[list[dict]] = [[] for _ in inputs]
         tool_log: list[list[dict]] = [[] for _ in inputs]
         decoder, max_answer = self.graph.decoder, gen.max_new_tokens
-        # Each agent's prompt up to its first slot, encoded once for all rounds (nothing to reuse in one round).
-        prefixes = PrefixStore(inputs, reuse=reuse_prefix and rounds > 1)
+        # Each agent's prompt up to its first slot, encoded once for all rounds; with encode_rows this is faster than
+        # encoding prompts whole even in one round (bench/prefix_reuse.py).
+        prefixes = PrefixStore(inputs, reuse=reuse_prefix)
         if should_stop is not None and should_stop():
             raise Cancelled("the run was cancelled before it started")
         if mode == "single" or probe == "gold":  # the decoding agent alone: every slot empty, or holding gold text
@@ -256,8 +257,7 @@ class System:
                     usages[i].steps.append(StepUsage(name, round_, "latent", 0, 0, 0, 0, 0.0))
             return {name: (torch.zeros(n, 0, self.agents[name].hidden_size), [0] * n) for name in names}
         start = time.perf_counter()
-        tail = prefixes.inputs([self.agents[name] for name in names], fills)
-        check_room(names[0], model, _positions(tail), steps, f"{steps} latent thoughts")
+        tail = prefixes.inputs([self.agents[name] for name in names], fills, steps, f"{steps} latent thoughts")
         inner = [self.links.inner[name] for name in names]
         link = inner[0] if len(names) == 1 else (lambda h: torch.cat([fn(h[k * n : (k + 1) * n]) for k, fn in enumerate(inner)]))
         stop_ids = self.agents[names[0]].stop_token_ids(gen.stop) if gen.latent_stop else None
@@ -279,10 +279,9 @@ class System:
     def _decode(self, name: str, prefixes: PrefixStore, fills, round_: int, action: str, max_new: int, usages, gen: GenerationConfig, generator, tool_log=None) -> list[str]:
         agent = self.agents[name]
         start = time.perf_counter()
-        tail = prefixes.inputs([agent], {name: fills})
         # the prompt must fit; an answer that would run past the model's positions stops there (docs/engine.md)
+        tail = prefixes.inputs([agent], {name: fills}, 1, "the first token it writes")
         used = _positions(tail)
-        check_room(name, agent.model, used, 1, "the first token it writes")
         limit = position_limit(agent.model)
         if limit is not None:
             max_new = min(max_new, limit - used)
