@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -65,8 +65,17 @@ class Past:
         return Past(cache, self.mask[i : i + 1])
 
     def copy(self) -> "Past":
-        """An independent copy (a pass extends its cache in place)."""
-        return Past(copy.deepcopy(self.cache), self.mask)
+        """An independent copy (a pass extends its cache in place).
+
+        Dynamic layers extend by concatenation, never writing into the tensors they hold, so a copy of
+        the layer objects suffices for them (the tensors are shared, not copied: ~15 ms a pass at batch
+        200); any other layer kind is copied whole.
+        """
+        if not all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in self.cache.layers):
+            return Past(copy.deepcopy(self.cache), self.mask)
+        cache = copy.copy(self.cache)
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        return Past(cache, self.mask)
 
 
 def encode_past(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> Past:

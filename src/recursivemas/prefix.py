@@ -62,21 +62,24 @@ class PrefixStore:
         Refuses rows that, with ``more`` positions still to come (``what``), would run past the model's
         positions (``kv.check_room``), before anything is encoded.
         """
-        rows, cuts = [], []
+        cuts = []
         for agent in agents:
-            rows += [row_embeddings(agent, q, fills[agent.name], i) for i, q in enumerate(self.inputs_)]
             if agent.name not in self._cuts:
                 self._cuts[agent.name] = [prefix_length(agent, q) if self.reuse else 0 for q in self.inputs_]
             cuts += self._cuts[agent.name]
-        check_room(agents[0].name, agents[0].model, max(r.shape[0] for r in rows), more, what)
+        key = tuple(a.name for a in agents)
+        fresh = key not in self._pasts or min(cuts) == 0
+        skips = iter([0] * len(cuts) if fresh else cuts)  # a stored prefix is neither embedded nor encoded again
+        rows = [row_embeddings(agent, q, fills[agent.name], i, next(skips)) for agent in agents for i, q in enumerate(self.inputs_)]
+        longest = max(r.shape[0] + (0 if fresh else c) for r, c in zip(rows, cuts))
+        check_room(agents[0].name, agents[0].model, longest, more, what)
         if min(cuts) == 0:  # reuse is off, or some row has no prefix: encode every row whole
             embeds, mask = left_pad(rows)
             return Tail(embeds, mask, None, [0] * len(rows), [0] * len(rows))
-        key = tuple(a.name for a in agents)
-        fresh = key not in self._pasts
         if fresh:
             self._pasts[key] = encode_rows(agents[0].model, [r[:c] for r, c in zip(rows, cuts)])
+            rows = [r[c:] for r, c in zip(rows, cuts)]
         past = self._pasts[key]
-        embeds, mask = left_pad([r[c:] for r, c in zip(rows, cuts)])
+        embeds, mask = left_pad(rows)
         none = [0] * len(rows)
         return Tail(embeds, mask, past.copy(), cuts if fresh else none, none if fresh else cuts)

@@ -19,17 +19,27 @@ Input = Union[str, Mapping[str, Any]]  # one input of a run: a question, or a ma
 SlotFill = Union[torch.Tensor, str, None]
 
 
-def row_embeddings(agent: Agent, inputs: Input, fills: dict[str, Sequence[SlotFill]], row: int) -> torch.Tensor:
-    """``[len, hidden]`` embeddings of one row: ``agent``'s prompt for ``inputs`` with row ``row`` of each fill spliced in."""
+def row_embeddings(agent: Agent, inputs: Input, fills: dict[str, Sequence[SlotFill]], row: int, skip: int = 0) -> torch.Tensor:
+    """``[len, hidden]`` embeddings of one row: ``agent``'s prompt for ``inputs`` with row ``row`` of each fill spliced in.
+
+    ``skip`` leaves out the row's first positions (a prefix already in a cache) without embedding them.
+    """
     parts = []
     for segment in agent.segments(inputs):
         value = fills[segment.name][row] if isinstance(segment, Slot) and segment.name in fills else segment
         if isinstance(value, Slot) or value is None or (isinstance(value, str) and not value):
             continue  # an empty slot (round-1 feedback, single mode) vanishes from the prompt
         if isinstance(value, str):  # a text hand-off is another agent's output: never a role boundary
-            parts.append(agent.embed(agent.encode(value, untrusted=not isinstance(value, PromptText))))
+            ids = agent.encode(value, untrusted=not isinstance(value, PromptText))
+            dropped, skip = min(skip, len(ids)), skip - min(skip, len(ids))
+            if dropped < len(ids):
+                parts.append(agent.embed(ids[dropped:]))
         else:
-            parts.append(value.to(agent.device, agent.dtype))
+            dropped, skip = min(skip, value.shape[0]), skip - min(skip, value.shape[0])
+            if dropped < value.shape[0]:
+                parts.append(value[dropped:].to(agent.device, agent.dtype))
+    if not parts:
+        raise ValueError(f"agent {agent.name!r}: nothing of this row is left after skipping its first positions")
     return torch.cat(parts, dim=0)
 
 
