@@ -9,6 +9,7 @@ from recursivemas.generation import decode_batch
 from recursivemas.kv import backbone_of, encode_past, encode_rows, positions_from_mask
 from recursivemas.prefix import PrefixStore, prefix_length
 from recursivemas.slots import build_inputs, left_pad
+from recursivemas.tiny import build_tiny_model, build_tokenizer
 from recursivemas.bundled.world import generate as world_problems
 from conftest import TINY_AGENTS, make_sequential_config
 
@@ -69,6 +70,20 @@ def test_rows_encoded_in_chunks_read_like_one_padded_batch(tiny_agents, tmp_path
                                            past_key_values=past.cache, use_cache=True)
             outs.append(out.last_hidden_state)
     torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-4)
+
+
+def test_sliding_window_caches_are_encoded_as_one_padded_batch():
+    """Sliding-window layers do not hold every position, so chunks could not be joined: one padded batch, as before."""
+    tokenizer = build_tokenizer("im")
+    model = build_tiny_model("mixtral", tokenizer, 32, 2, seed=0, sliding_window=16)
+    torch.manual_seed(0)
+    start = torch.randn(3, 32)  # a shared start, which encode_rows would otherwise encode once
+    rows = [torch.cat([start, torch.randn(n, 32)]) for n in (2, 6, 4)]
+    with torch.no_grad():
+        parts, whole = encode_rows(model, rows, chunk=1), encode_past(model, *left_pad(rows))
+    assert torch.equal(parts.mask, whole.mask) and not bool(parts.mask[:, 0].all())  # plain left padding, no shared run
+    for a, b in zip(parts.cache.layers, whole.cache.layers):
+        assert type(a).__name__ == "DynamicSlidingWindowLayer" and torch.equal(a.keys, b.keys)
 
 
 def test_prefix_stops_before_the_first_slot(tiny_agents, tmp_path):
