@@ -157,7 +157,8 @@ class System:
 
         ``reuse_prefix`` encodes each agent's prompt up to its first slot once per batch (its rows' shared
         start once, the rest in length-sorted chunks: ``kv.encode_rows``) and reuses its KV cache in every
-        pass (``recursivemas.prefix``); turning it off encodes every prompt whole, for checks. ``trace`` collects the schedule's events (tests).
+        pass (``recursivemas.prefix``); turning it off encodes every prompt whole, for checks. ``trace``
+        collects the schedule's events (tests).
         ``should_stop`` is asked before every turn of every round; when it answers true the run raises
         ``Cancelled`` (the server stops work for a client that went away).
         """
