@@ -116,11 +116,9 @@ def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHU
     for start in range(0, n, chunk):
         part = order[start : start + chunk]
         embeds, mask = left_pad([rows[i][shared:] for i in part])
-        if head is None:
-            cache = new_cache(model)
-        else:
-            cache = copy.deepcopy(head.cache)
-            cache.batch_repeat_interleave(len(part))
+        cache = new_cache(model) if head is None else head.copy().cache
+        if head is not None:
+            cache.batch_repeat_interleave(len(part))  # rebinds each layer's tensors: the head stays as it was
         full = torch.cat([ones.expand(len(part), -1), mask], dim=1)
         backbone_of(model)(inputs_embeds=embeds, attention_mask=full, position_ids=positions_from_mask(full)[:, shared:],
                            past_key_values=cache, use_cache=True)

@@ -69,8 +69,9 @@ class PrefixStore:
             cuts += self._cuts[agent.name]
         key = tuple(a.name for a in agents)
         fresh = key not in self._pasts or min(cuts) == 0
-        skips = iter([0] * len(cuts) if fresh else cuts)  # a stored prefix is neither embedded nor encoded again
-        rows = [row_embeddings(agent, q, fills[agent.name], i, next(skips)) for agent in agents for i, q in enumerate(self.inputs_)]
+        entries = [(agent, i, q) for agent in agents for i, q in enumerate(self.inputs_)]
+        # a stored prefix is neither embedded nor encoded again
+        rows = [row_embeddings(agent, q, fills[agent.name], i, 0 if fresh else c) for (agent, i, q), c in zip(entries, cuts)]
         longest = max(r.shape[0] + (0 if fresh else c) for r, c in zip(rows, cuts))
         check_room(agents[0].name, agents[0].model, longest, more, what)
         if min(cuts) == 0:  # reuse is off, or some row has no prefix: encode every row whole

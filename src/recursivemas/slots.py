@@ -29,15 +29,12 @@ def row_embeddings(agent: Agent, inputs: Input, fills: dict[str, Sequence[SlotFi
         value = fills[segment.name][row] if isinstance(segment, Slot) and segment.name in fills else segment
         if isinstance(value, Slot) or value is None or (isinstance(value, str) and not value):
             continue  # an empty slot (round-1 feedback, single mode) vanishes from the prompt
-        if isinstance(value, str):  # a text hand-off is another agent's output: never a role boundary
-            ids = agent.encode(value, untrusted=not isinstance(value, PromptText))
-            dropped, skip = min(skip, len(ids)), skip - min(skip, len(ids))
-            if dropped < len(ids):
-                parts.append(agent.embed(ids[dropped:]))
-        else:
-            dropped, skip = min(skip, value.shape[0]), skip - min(skip, value.shape[0])
-            if dropped < value.shape[0]:
-                parts.append(value[dropped:].to(agent.device, agent.dtype))
+        text = isinstance(value, str)  # a text hand-off is another agent's output: never a role boundary
+        piece = agent.encode(value, untrusted=not isinstance(value, PromptText)) if text else value
+        dropped = min(skip, len(piece))
+        skip -= dropped
+        if dropped < len(piece):
+            parts.append(agent.embed(piece[dropped:]) if text else piece[dropped:].to(agent.device, agent.dtype))
     if not parts:
         raise ValueError(f"agent {agent.name!r}: nothing of this row is left after skipping its first positions")
     return torch.cat(parts, dim=0)
