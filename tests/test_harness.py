@@ -218,8 +218,11 @@ def test_cli_bad_system_fails_before_any_question(tmp_path: Path, monkeypatch: p
 
 
 class _FakeSystemClass:
+    devices: list = []  # what each load was asked to place the agents on
+
     @staticmethod
-    def from_config(path: str) -> FakeSystem:
+    def from_config(path: str, device: str | None = None) -> FakeSystem:
+        _FakeSystemClass.devices.append(device)
         return FakeSystem()
 
     from_pretrained = load = from_config
@@ -235,9 +238,10 @@ def test_cli_eval_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     sys_file.write_text("name: fake\n")
     out = tmp_path / "r.jsonl"
     result = runner.invoke(app, ["eval", "--system", str(sys_file), "--task", "world", "--split", "validation",
-                                 "--limit", "3", "--modes", "text,latent", "--rounds", "1,2", "--out", str(out)])
+                                 "--limit", "3", "--modes", "text,latent", "--rounds", "1,2", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert len(read_records(out)) == 12 and "report:" in result.output
+    assert _FakeSystemClass.devices[-1] == "cpu"  # --device reaches the loader
     result = runner.invoke(app, ["eval-report", str(out), "--out-dir", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rep" / "report.md").exists()

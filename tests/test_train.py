@@ -361,6 +361,18 @@ def test_cli_reports_bad_data_and_options(distill_files, tmp_path):
     assert result.exit_code == 1 and "latent_source 'dreams' is unknown; choose one of teacher, rollout, mixed" in result.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gives")
+def test_cli_train_device_override_fails_clearly_without_a_gpu(distill_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from recursivemas.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--system", str(distill_files["system"]), "--data", str(distill_files["train"]),
+                                      "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert result.exit_code == 1 and "sees no CUDA GPU" in result.output and "set device: cpu" in result.output
+    assert not (tmp_path / "o" / "checkpoints").exists()  # nothing trained
+
+
 def test_killed_run_resumes_to_the_same_links(distill_files, tmp_path):
     args = dict(eval_data=distill_files["eval"], inner_steps=4, steps=24)
     reference = tmp_path / "reference"

@@ -210,8 +210,11 @@ def system_file(path: str | Path) -> Path:
     return path / CONFIG_NAME if path.is_dir() else path
 
 
-def load_config(source: str | Path | dict) -> SystemConfig:
-    """Parse and validate a system file (path or already-parsed mapping). Graph checks happen in ``graph.py``."""
+def load_config(source: str | Path | dict, device: str | None = None) -> SystemConfig:
+    """Parse and validate a system file (path or already-parsed mapping). Graph checks happen in ``graph.py``.
+
+    ``device`` replaces every agent's ``device`` before the checks (a file written for a GPU loads on a CPU).
+    """
     if isinstance(source, dict):
         data, base_dir = dict(source), Path(source.get("base_dir", Path.cwd()))
         data.pop("base_dir", None)
@@ -231,6 +234,8 @@ def load_config(source: str | Path | dict) -> SystemConfig:
     agents = {}
     for name, raw in data["agents"].items():
         section = f"agents.{name}"
+        if device is not None and isinstance(raw, dict):
+            raw = {**raw, "device": device}
         try:
             agents[str(name)] = _from_dict(AgentConfig, section, raw, ("model", "prompt"))
         except ConfigError as err:  # __post_init__ checks do not know the agent's name: add it

@@ -21,14 +21,14 @@ CONFIG = Path(__file__).resolve().parent / "bundled" / "configs" / "real.yaml"
 LINKS = CONFIG.with_name("real.links.safetensors")
 
 
-def load(with_links: bool = True):
-    """The bundled real system; ``with_links=False`` starts from fresh (untrained) links."""
+def load(with_links: bool = True, device: str | None = None):
+    """The bundled real system; ``with_links=False`` starts from fresh (untrained) links; ``device`` as in ``System.load``."""
     from recursivemas import System
 
     data = yaml.safe_load(CONFIG.read_text())
     if not with_links or not LINKS.is_file():
         data["links"] = {**data.get("links", {}), "checkpoint": None}
-    return System.from_config({**data, "base_dir": str(CONFIG.parent)})
+    return System.from_config({**data, "base_dir": str(CONFIG.parent)}, device=device)
 
 
 def peak_rss_mb() -> float:
@@ -121,7 +121,13 @@ def by_kind(report, records: list[dict], arms: tuple[str, ...] = ("latent", "tex
 
 
 def speed(system, records: list[dict], rounds: int, batch_size: int = 16) -> dict[str, dict[str, float]]:
-    """Wall time and generated tokens per problem in latent and text mode at ``rounds`` (measured back to back)."""
+    """Wall time and generated tokens per problem in latent and text mode at ``rounds`` (measured back to back).
+
+    Two problems of each mode run first, untimed: the first latent run decodes the reader's whole vocabulary once to
+    find its stop tokens (a few seconds for gemma-3's 262k), which is not what a problem costs.
+    """
+    for mode in ("latent", "text"):
+        system.run(records[:2], mode=mode, rounds=1, batch_size=batch_size)
     out = {}
     for mode in ("latent", "text"):
         start = time.perf_counter()
@@ -146,7 +152,7 @@ def speed_table(speeds: dict[int, dict]) -> str:
 
 
 def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int, ...] = (1, 2, 3), speed_problems: int = 16,
-             out: Path = Path("runs/demo-real"), system_path: Path | None = None) -> dict:
+             out: Path = Path("runs/demo-real"), system_path: Path | None = None, device: str | None = None) -> dict:
     """`make demo-real`: the channel tests on ``limit`` held-out test problems, then latent vs text speed."""
     import json
     from dataclasses import asdict
@@ -159,7 +165,7 @@ def run_demo(limit: int = 64, rounds: int | None = None, speed_rounds: tuple[int
 
     console = Console()
     start = time.perf_counter()
-    system = System.load(system_path) if system_path else load()
+    system = System.load(system_path, device=device) if system_path else load(device=device)
     console.print(f"[bold]{system}[/bold] ({time.perf_counter() - start:.0f}s to load)")
     records = facts.generate("test", limit)
     rounds = system.config.rounds if rounds is None else rounds

@@ -64,9 +64,12 @@ class System:
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
-    def from_config(cls, source: str | Path | dict, link_checkpoint: str | Path | None = None) -> "System":
-        """A system from a system file or an already-parsed mapping (``System.load`` also takes directories)."""
-        config = load_config(source)
+    def from_config(cls, source: str | Path | dict, link_checkpoint: str | Path | None = None, device: str | None = None) -> "System":
+        """A system from a system file or an already-parsed mapping (``System.load`` also takes directories).
+
+        ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) places every agent there, whatever the file says.
+        """
+        config = load_config(source, device=device)
         graph = Graph.from_config(config)
         agents = _load_agents(config)
         torch.manual_seed(config.seed)  # random links are reproducible per seed
@@ -84,22 +87,22 @@ class System:
         return system
 
     @classmethod
-    def load(cls, path: str | Path) -> "System":
+    def load(cls, path: str | Path, device: str | None = None) -> "System":
         """A system from a system file (YAML) or a directory written by ``save_pretrained``: the one way to load one."""
         path = Path(path)
         if path.is_dir():
-            return cls.from_pretrained(path)
+            return cls.from_pretrained(path, device=device)
         if not path.is_file():
             raise ConfigError(f"system {str(path)!r} does not exist; pass a system YAML file or a directory saved with save_pretrained")
-        return cls.from_config(path)
+        return cls.from_config(path, device=device)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "System":
+    def from_pretrained(cls, directory: str | Path, device: str | None = None) -> "System":
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise ConfigError(f"{directory} has no {CONFIG_NAME}; save one with System.save_pretrained(dir)")
         links = directory / LINKS_NAME
-        return cls.from_config(directory / CONFIG_NAME, link_checkpoint=links if links.is_file() else None)
+        return cls.from_config(directory / CONFIG_NAME, link_checkpoint=links if links.is_file() else None, device=device)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``system.yaml`` (model paths made absolute) and ``links.safetensors`` to ``directory``."""

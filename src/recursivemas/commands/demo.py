@@ -29,6 +29,7 @@ def demo(
     channel: bool = typer.Option(True, "--channel/--no-channel", help="Add the channel tests: latents shuffled across questions and zeroed, text shuffled, gold upstream text."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads; tiny agents run fastest on one, and a busy machine makes more much slower."),
     task: str = typer.Option("world", "--task", help="world (the bundled tiny systems) or facts (the real-model system, docs/real_models.md)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Place every agent here (cpu, cuda, cuda:N, mps), whatever the system file says."),
 ) -> None:
     """Run the bundled default in every mode and compare accuracy, tokens and time."""
     import torch
@@ -37,7 +38,7 @@ def demo(
     if task == "facts":  # real GGUF models on the reader -> answerer task: channel tests and speed (recursivemas.real)
         from recursivemas.real import run_demo
 
-        run_demo(limit=limit, out=out if out != Path("runs/demo") else Path("runs/demo-real"), system_path=system)
+        run_demo(limit=limit, out=out if out != Path("runs/demo") else Path("runs/demo-real"), system_path=system, device=device)
         return
     if task != "world":
         raise typer.BadParameter(f"unknown task {task!r}; choose world or facts", param_hint="--task")
@@ -48,7 +49,7 @@ def demo(
 
     path = system or bundled_config(name)
     start = time.perf_counter()
-    loaded = System.load(path)
+    loaded = System.load(path, device=device)
     console.print(f"[bold]{loaded}[/bold] ({time.perf_counter() - start:.1f}s to load)")
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / "records.jsonl"

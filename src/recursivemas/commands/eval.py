@@ -13,14 +13,14 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _load_system(path: Path) -> Any:
+def _load_system(path: Path, device: str | None = None) -> Any:
     """Load the system before any question runs, so a bad system file fails first, with its own message."""
     if not path.exists():
         _fail(f"system {str(path)!r} does not exist; pass a system YAML file or a saved system directory")
     try:
         from recursivemas import System
 
-        return System.load(path)
+        return System.load(path, device=device)
     except Exception as exc:  # noqa: BLE001 - show the loader's own message, nothing else
         _fail(f"could not load system {path}: {exc}", code=1)
 
@@ -53,6 +53,7 @@ def eval_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Questions the system runs together (one System.run batch)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.md and plots next to --out."),
     probes: str = typer.Option("", "--probes", help="Channel tests to add: comma list of shuffle, zero, gold (docs/method.md#channel-tests)."),
+    device: str | None = typer.Option(None, "--device", help="Place every agent here (cpu, cuda, cuda:N, mps), whatever the system file says."),
 ) -> None:
     """Run every (mode, rounds) on the same questions, appending one graded record per question."""
     from recursivemas.eval.harness import accuracy, evaluate
@@ -60,7 +61,7 @@ def eval_cmd(
     from recursivemas.eval.tasks import TaskDataError
 
     name, mode_list, round_list = _checked(task, modes, rounds)
-    loaded = _load_system(system)
+    loaded = _load_system(system, device)
     try:
         records = evaluate(loaded, name, split, limit, mode_list, round_list, out, latent_steps, source=data,
                            batch_size=batch_size, probes=[p.strip() for p in probes.split(",") if p.strip()])

@@ -52,6 +52,7 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per question instead of tables."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write results as JSONL here."),
+    device: Optional[str] = typer.Option(None, "--device", help="Place every agent here (cpu, cuda, cuda:N, mps), whatever the system file says."),
 ) -> None:
     """Answer questions with a system and show what every agent did in every round."""
     from recursivemas import System
@@ -59,7 +60,7 @@ def run(
     if (question is None) == (questions is None):
         raise typer.BadParameter("give exactly one of --question or --questions")
     asked = [question] if question is not None else read_questions(questions)
-    loaded = System.load(system)
+    loaded = System.load(system, device=device)
     results = loaded.run(asked, mode=mode, rounds=rounds, latent_steps=latent_steps, batch_size=batch_size, seed=seed, progress=len(asked) > 1)
     if out is not None:
         with out.open("w") as f:

@@ -20,6 +20,7 @@ def serve(
     max_rounds: int = typer.Option(16, "--max-rounds", min=1, help="Most recursion rounds one request may ask for."),
     max_latent_steps: int = typer.Option(256, "--max-latent-steps", min=0, help="Most latent steps one request may ask for."),
     shutdown_timeout: float = typer.Option(5.0, "--shutdown-timeout", min=0, help="Seconds in-flight requests get after SIGTERM."),
+    device: Optional[str] = typer.Option(None, "--device", help="Place every agent here (cpu, cuda, cuda:N, mps), whatever the system file says."),
 ) -> None:
     """Serve a system with OpenAI-style /v1/chat/completions, /v1/completions and /v1/models."""
     import uvicorn
@@ -27,7 +28,7 @@ def serve(
     from recursivemas import System
     from recursivemas.serve import Limits, create_app
 
-    loaded = System.load(system)
+    loaded = System.load(system, device=device)
     limits = Limits(max_body_bytes=max_body_bytes, max_rounds=max_rounds, max_latent_steps=max_latent_steps)
     app = create_app(loaded, model_name=model_name, max_batch=max_batch, api_key=api_key or None, limits=limits)
     auth = "an API key" if api_key else "no API key (pass --api-key or set RECURSIVEMAS_API_KEY to require one)"

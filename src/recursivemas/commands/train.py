@@ -25,6 +25,7 @@ def train_command(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between held-out evaluations (0: at the end only)."),
     seed: Optional[int] = typer.Option(None, help="Data order and schedule seed."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    device: Optional[str] = typer.Option(None, "--device", help="Place every agent here (cpu, cuda, cuda:N, mps), whatever the system file says; under torchrun, cuda is each rank's GPU."),
 ) -> None:
     """Train a system's links (inner loop, outer loop) or a LoRA / full fine-tuning baseline."""
     from recursivemas.config import ConfigError
@@ -43,7 +44,7 @@ def train_command(
         progress=False if no_progress else None,
     )
     try:
-        summary = train_from_files(system, data, out, eval_data=eval_data, resume=resume, **overrides)
+        summary = train_from_files(system, data, out, eval_data=eval_data, resume=resume, device=device, **overrides)
     except (ConfigError, DataError, TrainingError, CheckpointError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err

@@ -453,22 +453,24 @@ def train_from_files(
     out_dir: str | Path,
     eval_data: str | Path | None = None,
     resume: bool = False,
+    device: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Load a system file and data, join the data-parallel job if ``torchrun`` started one, train, clean up.
 
-    ``overrides`` are ``TrainConfig`` fields (None means "keep the system file's or the default value").
+    ``device`` places every agent there whatever the file says (``System.load``); ``overrides`` are ``TrainConfig``
+    fields (None means "keep the system file's or the default value").
     """
     from recursivemas.config import load_config
     from recursivemas.system import System
     from recursivemas.train.data import load_for_system
     from recursivemas.train.distributed import setup
 
-    config = load_config(system_file)
+    config = load_config(system_file, device=device)
     dist = setup(any(a.device.startswith("cuda") for a in config.agents.values()))
     try:
         train_config = TrainConfig.from_sources(config.training, **overrides)
-        system = System.from_config(system_file)
+        system = System.from_config(system_file, device=device)
         records = load_for_system(system, data)
         held_out = load_for_system(system, eval_data) if eval_data else None
         return train(system, records, train_config, out_dir, held_out, resume=resume, dist=dist)
