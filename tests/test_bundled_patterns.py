@@ -145,3 +145,17 @@ def test_shipped_specialist_still_does_its_job(name: str) -> None:
         declined = sum(t.strip() == f"Not a {role} problem." for t in texts) / len(others)
         assert declined >= MIN_DECLINE, f"{name} declines {declined:.2f} of other-domain problems"
     assert acc >= MIN_ACCURACY[name], f"{name} scores {acc:.2f} as {role} on {N_EVAL} problems, below {MIN_ACCURACY[name]}"
+
+
+def test_link_recipes_cover_every_system_and_zoo_links_defaults_are_link_defaults() -> None:
+    import typer.main
+
+    from recursivemas.bundled import LINK_DEFAULTS, LINK_RECIPES
+    from recursivemas.cli import app
+
+    assert set(LINK_RECIPES) == set(BUNDLED)  # `zoo rebuild` retrains every shipped links file
+    assert all(set(recipe) <= set(LINK_DEFAULTS) for recipe in LINK_RECIPES.values())
+    links = typer.main.get_command(app).commands["zoo"].commands["links"]
+    cli = {p.name: p.default for p in links.params if p.name not in ("system", "workers")}
+    cli["warmup_steps"] = cli.pop("warmup")  # the option's name for train_bundled_links' keyword
+    assert cli == LINK_DEFAULTS

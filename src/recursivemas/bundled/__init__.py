@@ -21,6 +21,18 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 BUNDLED = ("sequential", "distillation", "mixture", "deliberation", "roundtrip")
 # Systems whose links ship as float16 (half the bytes: the 16 MB cap; they load as float32, recursivemas.linkset).
 HALF_LINKS = ("roundtrip",)
+# `recursivemas zoo links` options (as train_bundled_links keywords) when none is given: the CLI's defaults.
+LINK_DEFAULTS: dict[str, Any] = dict(steps=200, inner_steps=60, records=480, seed=0, latent_source="rollout", latent_steps=2,
+                                     rounds=1, link_init="ridge", lr=1e-3, warmup_steps=10, upstream_weight=0.0)
+# What each shipped links file was trained with, on top of LINK_DEFAULTS (the commands of docs/zoo.md; why each:
+# docs/zoo.md#links-of-the-bundled-systems). `recursivemas zoo rebuild` replays them; costliest first.
+LINK_RECIPES: dict[str, dict[str, Any]] = {
+    "sequential": dict(steps=1200, latent_steps=1, lr=3e-3, warmup_steps=100),
+    "mixture": dict(steps=1200, latent_steps=2, lr=3e-3),
+    "deliberation": dict(steps=1200, latent_steps=2, lr=3e-3, warmup_steps=100),
+    "roundtrip": dict(rounds=2, latent_steps=4, steps=800, upstream_weight=2.0),
+    "distillation": dict(),
+}
 
 
 def bundled_config(name: str) -> Path:
@@ -96,13 +108,17 @@ def _train_one(job: tuple[str, dict]) -> tuple[str, float]:
     return name, train_bundled_links(name, **kwargs)["train_seconds"]
 
 
-def train_bundled(names: list[str], workers: int = 2, **kwargs: Any) -> dict[str, float]:
-    """Train several bundled systems' links, ``workers`` processes at once; returns seconds per system."""
+def train_bundled(names: list[str], workers: int = 2, per_system: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> dict[str, float]:
+    """Train several bundled systems' links, ``workers`` processes at once; returns seconds per system.
+
+    Every system trains with ``kwargs``, updated by its own entry of ``per_system`` (e.g. ``LINK_RECIPES``).
+    """
     for name in names:
         bundled_config(name)  # fail before any training on a typo
+    jobs = [(name, {**kwargs, **(per_system or {}).get(name, {})}) for name in names]
     if workers <= 1 or len(names) == 1:
-        return dict(_train_one((name, kwargs)) for name in names)
-    jobs = [(name, {**kwargs, "progress": False}) for name in names]  # parallel bars would interleave
+        return dict(map(_train_one, jobs))
+    jobs = [(name, {**job, "progress": False}) for name, job in jobs]  # parallel bars would interleave
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

@@ -104,4 +104,27 @@ def register(app: typer.Typer) -> None:
         for name, s in seconds.items():
             typer.echo(f"trained {name} links in {s:.0f}s")
 
+    @zoo.command("rebuild")
+    def rebuild_cmd(workers: int = typer.Option(2, "--workers", help="Processes at once, one torch thread each.")) -> None:
+        """Everything the bundled systems are made of, from nothing: `zoo build`, then every system's links with the
+        recipe its shipped file was trained with (LINK_RECIPES; docs/zoo.md). Writes into the package, like both."""
+        import time
+
+        from transformers.utils import logging as hf_logging
+
+        from recursivemas.bundled import BUNDLED, LINK_DEFAULTS, LINK_RECIPES, train_bundled
+        from recursivemas.bundled.zoo.build import ZOO_DIR, build
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        start = time.perf_counter()
+        build(ZOO_DIR, 0, workers=workers, log=lambda s: typer.echo(s))
+        built = time.perf_counter() - start
+        names = [n for n in LINK_RECIPES if n in BUNDLED]
+        seconds = train_bundled(names, workers=workers, per_system=LINK_RECIPES, **LINK_DEFAULTS)
+        for name, s in seconds.items():
+            typer.echo(f"trained {name} links in {s:.0f}s")
+        total = time.perf_counter() - start
+        typer.echo(f"rebuilt in {total:.0f}s ({total / 60:.1f} min): zoo {built:.0f}s, links {total - built:.0f}s")
+
     app.add_typer(zoo, name="zoo")
