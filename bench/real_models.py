@@ -7,7 +7,7 @@
 - rollout: KV-cached latent rollout vs re-encoding the whole sequence at every step, prompt 256 tokens,
   m = 32, batch 1, on each model (LatentMAS inner links);
 - train: the training cost of the outer links vs LoRA vs full fine-tuning of the answerer, each method
-  in its own process (`python -m recursivemas.train`) so that peak memory is its own: trainable
+  in its own process (`python -m recursivemas train`) so that peak memory is its own: trainable
   parameters, peak memory, seconds per step.
 
 Prints markdown tables with the date and machine; the CPU may be shared, so compare ratios within one run.
@@ -49,25 +49,30 @@ def bench_rollout(system, prompt: int = 256, steps: int = 32) -> str:
         words = " ".join(facts.generate("train", 40)[i]["passage"] for i in range(40))
         ids = agent.encode(words)[:prompt]
         embeds = agent.embed(ids).unsqueeze(0)
+        sync = torch.cuda.synchronize if embeds.device.type == "cuda" else (lambda: None)  # time the work, not its launch
         with torch.no_grad():
+            latent_rollout(agent.model, link, embeds, None, steps=2)  # warm-up
+            sync()
             t0 = time.perf_counter()
             cached = latent_rollout(agent.model, link, embeds, None, steps=steps)
+            sync()
             t1 = time.perf_counter()
             full = reencode_rollout(agent.model, link, embeds, None, steps=steps)
+            sync()
             t2 = time.perf_counter()
         diff = (cached - full).abs().max().item()
         lines.append(f"| {type(agent.model).__name__} ({name}) | {len(ids)} | {steps} | {t1 - t0:.2f} | {t2 - t1:.2f} | {(t2 - t1) / (t1 - t0):.1f}x | {diff:.1e} |")
     return "\n".join(lines)
 
 
-def bench_train(steps: int, batch: int) -> str:
+def bench_train(steps: int, batch: int, data: dict | None = None) -> str:
+    """Each method in its own process on the system ``data`` (default: the bundled real system, untrained links)."""
     lines = ["| method | trainable parameters | peak train memory (MB) | s/step |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = yaml.safe_load(real.CONFIG.read_text())
-        data["links"] = {**data["links"], "checkpoint": None}
-        for agent in data["agents"].values():
-            agent["model"] = agent["model"]  # pkg: names resolve anywhere
+        if data is None:  # pkg: model names resolve anywhere
+            data = yaml.safe_load(real.CONFIG.read_text())
+            data["links"] = {**data["links"], "checkpoint": None}
         system = tmp / "system.yaml"
         system.write_text(yaml.safe_dump(data))
         train = tmp / "train.jsonl"
@@ -76,7 +81,7 @@ def bench_train(steps: int, batch: int) -> str:
         held.write_text("".join(json.dumps(r) + "\n" for r in facts.generate("validation", 4)))
         for method in ("recursivemas", "lora", "full"):
             out = tmp / method
-            cmd = [sys.executable, "-m", "recursivemas.train", "--system", str(system), "--data", str(train), "--eval-data", str(held),
+            cmd = [sys.executable, "-m", "recursivemas", "train", "--system", str(system), "--data", str(train), "--eval-data", str(held),
                    "--out", str(out), "--method", method, "--steps", str(steps), "--batch-size", str(batch), "--lr", "1e-4",
                    "--checkpoint-every", str(10**6), "--no-progress"]
             if method == "recursivemas":
