@@ -72,11 +72,17 @@ def test_latent_stop_ends_each_row_before_its_first_stop_token(tiny_agents):
         greedy = _greedy_next(model, embeds, mask, full[:, :5])  # the token each thought's state would emit
         stop_ids = greedy[0, 2:3]  # row 0 stops by its third thought at the latest
         expected = [next((k for k in range(6) if greedy[i, k] in stop_ids), 6) for i in range(3)]
+        rows = []  # the batch of every decoder call
+        handle = model.model.register_forward_hook(lambda mod, args, kwargs, out: rows.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
         message, lengths = latent_message(model, link, embeds, mask, steps=6, stop_ids=stop_ids)
+        handle.remove()
         assert lengths == expected and lengths[0] <= 2
         width = 6 if max(expected) == 6 else max(expected)  # the rollout ends once every row has stopped
         assert message.shape == (3, width, 48)
-        torch.testing.assert_close(message, full[:, :width], atol=2e-5, rtol=1e-4)  # a stop never changes the thoughts kept
+        for i, k in enumerate(lengths):  # a stop never changes the thoughts kept
+            torch.testing.assert_close(message[i, :k], full[i, :k], atol=2e-5, rtol=1e-4)
+        # a row whose message ended leaves the batch: each call carries only the rows still talking
+        assert rows == [3] + [sum(k >= step for k in lengths) for step in range(1, len(rows))]
         nothing, none = latent_message(model, link, embeds, mask, steps=6, stop_ids=torch.arange(model.config.vocab_size))
         assert none == [0, 0, 0] and nothing.shape == (3, 0, 48)
         _, unstopped = latent_message(model, link, embeds, mask, steps=6)

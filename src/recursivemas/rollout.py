@@ -55,7 +55,8 @@ def latent_message(
 
     With ``stop_ids`` (token ids: the sender's eos and stop strings), a row's message ends before the first
     thought whose state's greedy next token is one of them, where a text hand-off would have stopped
-    (docs/engine.md#latent-stop); the rollout ends once every row has. Without, every row has ``steps`` thoughts.
+    (docs/engine.md#latent-stop); a row that ended leaves the batch (and the cache), and the rollout ends once
+    every row has. Without, every row has ``steps`` thoughts. Thoughts past a row's length are placeholders.
     """
     batch, length, _ = inputs_embeds.shape
     if steps < 0:
@@ -70,9 +71,9 @@ def latent_message(
     positions = positions_from_mask(mask)[:, -length:]
     decoder = backbone_of(model)
     cache = new_cache(model) if past is None else past.cache
-    one = torch.ones(batch, 1, dtype=torch.long, device=device)
     head = model.get_output_embeddings() if stop_ids is not None else None
     lengths = torch.full((batch,), steps, dtype=torch.long)
+    live = torch.arange(batch, device=device)  # the rows still in the batch (and the cache)
 
     h = _last_hidden(decoder, inputs_embeds, mask, positions, cache)
     thoughts = []
@@ -81,17 +82,26 @@ def latent_message(
             with torch.no_grad():  # where the sender's own next token would end a text hand-off
                 greedy = head(h.detach()).argmax(-1)
                 stop_ids = stop_ids.to(greedy.device)  # copied on the first thought only, then a no-op
-                stops = torch.isin(greedy, stop_ids).cpu()
-            lengths = torch.where(stops & (lengths == steps), torch.tensor(step), lengths)
-            if bool((lengths < steps).all()):
-                break
-        thought = inner_link(h)
+                stops = torch.isin(greedy, stop_ids)
+            if bool(stops.any()):
+                lengths[live[stops].cpu()] = step
+                if bool(stops.all()):
+                    break
+                # rows whose message ended leave the batch and its cache, as in text decoding (generation.py)
+                keep = (~stops).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live, h, mask, positions = live[keep], h[keep], mask[keep], positions[keep]
+        # the link sees the whole batch in its order (one link per row group may share a model); a row that
+        # left gets a placeholder, cut off by its length
+        whole = h if len(live) == batch else h.new_zeros(batch, h.shape[-1]).index_copy(0, live, h)
+        thought = inner_link(whole)
         thoughts.append(thought)
         if step + 1 == steps:  # the last thought is returned, not fed back
             break
-        mask = torch.cat([mask, one], dim=1)
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
         positions = positions[:, -1:] + 1
-        h = _last_hidden(decoder, thought.to(dtype).unsqueeze(1), mask, positions, cache)
+        fed = thought if len(live) == batch else thought[live]
+        h = _last_hidden(decoder, fed.to(dtype).unsqueeze(1), mask, positions, cache)
     if not thoughts:  # every row stopped before its first thought
         return no_message
     return torch.stack(thoughts, dim=1), lengths.tolist()

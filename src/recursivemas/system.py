@@ -273,8 +273,8 @@ class System:
         lengths = tail.mask.sum(-1).tolist()
         for k, name in enumerate(names):
             for i in range(n):
-                row = k * n + i  # the prompt (a reused prefix is cached, not encoded), then one position per fed-back thought
-                positions = tail.encoded[row] + lengths[row] + fed
+                row = k * n + i  # the prompt (a reused prefix is cached, not encoded), then its fed-back thoughts
+                positions = tail.encoded[row] + lengths[row] + min(fed, kept[row])  # a row that stopped left the batch
                 usages[i].steps.append(
                     StepUsage(name, round_, "latent", 0, kept[row], calls, positions, seconds, cached_positions=tail.reused[row])
                 )
