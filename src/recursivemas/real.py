@@ -120,8 +120,9 @@ def by_kind(report, records: list[dict], arms: tuple[str, ...] = ("latent", "tex
     return "\n".join(lines)
 
 
-def speed(system, records: list[dict], rounds: int, batch_size: int = 16) -> dict[str, dict[str, float]]:
-    """Wall time and generated tokens per problem in latent and text mode at ``rounds`` (measured back to back).
+def speed(system, records: list[dict], rounds: int, batch_size: int = 16, generation: dict | None = None) -> dict[str, dict[str, float]]:
+    """Wall time, generated tokens and the first batch's forward calls per problem in latent and text mode at ``rounds``
+    (measured back to back); ``generation`` maps a mode to its ``GenerationConfig`` override (``System.run``).
 
     Two problems of each mode run first, untimed: the first latent run decodes the reader's whole vocabulary once to
     find its stop tokens (a few seconds for gemma-3's 262k), which is not what a problem costs.
@@ -131,10 +132,11 @@ def speed(system, records: list[dict], rounds: int, batch_size: int = 16) -> dic
     out = {}
     for mode in ("latent", "text"):
         start = time.perf_counter()
-        results = system.run(records, mode=mode, rounds=rounds, batch_size=batch_size)
+        results = system.run(records, mode=mode, rounds=rounds, batch_size=batch_size, generation=(generation or {}).get(mode))
         seconds = time.perf_counter() - start
         out[mode] = {"seconds_per_problem": seconds / len(records),
                      "generated_tokens": sum(r.usage.generated_tokens for r in results) / len(results),
+                     "forward_calls": sum(s.forward_calls for s in results[0].usage.steps),
                      "accuracy": 100 * sum(facts.grade(r.text, rec) for r, rec in zip(results, records)) / len(records)}
     out["speedup"] = out["text"]["seconds_per_problem"] / out["latent"]["seconds_per_problem"]
     out["token_reduction"] = 1 - out["latent"]["generated_tokens"] / max(out["text"]["generated_tokens"], 1e-9)

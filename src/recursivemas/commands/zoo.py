@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
 
         from transformers.utils import logging as hf_logging
 
-        from recursivemas.bundled import BUNDLED, LINK_DEFAULTS, LINK_RECIPES, train_bundled
+        from recursivemas.bundled import LINK_DEFAULTS, LINK_RECIPES, train_bundled
         from recursivemas.bundled.zoo.build import ZOO_DIR, build
 
         hf_logging.set_verbosity_error()
@@ -120,8 +120,7 @@ def register(app: typer.Typer) -> None:
         start = time.perf_counter()
         build(ZOO_DIR, 0, workers=workers, log=lambda s: typer.echo(s))
         built = time.perf_counter() - start
-        names = [n for n in LINK_RECIPES if n in BUNDLED]
-        seconds = train_bundled(names, workers=workers, per_system=LINK_RECIPES, **LINK_DEFAULTS)
+        seconds = train_bundled(list(LINK_RECIPES), workers=workers, per_system=LINK_RECIPES, **LINK_DEFAULTS)
         for name, s in seconds.items():
             typer.echo(f"trained {name} links in {s:.0f}s")
         total = time.perf_counter() - start
