@@ -51,37 +51,75 @@ def test_prefix_then_tail_equals_the_whole_prompt(tiny_agents, tmp_path, family)
     assert [c + p for c, p in zip(cuts, reused_session.positions)] == session.positions
 
 
+def _continue(model, past, steps: int, seed: int = 1) -> torch.Tensor:
+    """The hidden states of ``steps`` more positions (one call) after ``past``, which is extended in place."""
+    torch.manual_seed(seed)
+    nxt = torch.randn(past.mask.shape[0], steps, model.config.hidden_size)
+    mask = torch.cat([past.mask, torch.ones(past.mask.shape[0], steps, dtype=past.mask.dtype)], dim=1)
+    out = backbone_of(model)(inputs_embeds=nxt, attention_mask=mask, position_ids=positions_from_mask(mask)[:, -steps:],
+                             past_key_values=past.cache, use_cache=True)
+    return out.last_hidden_state
+
+
+def _encode_counting(model, rows, chunk: int):
+    """``encode_rows(model, rows, chunk)`` and the positions (rows x length) its backbone calls were fed."""
+    seen = []
+    hook = backbone_of(model).register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"].shape[:2].numel()), with_kwargs=True)
+    try:
+        return encode_rows(model, rows, chunk=chunk), sum(seen)
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("family", list(TINY_AGENTS))
 def test_rows_encoded_in_chunks_read_like_one_padded_batch(tiny_agents, tmp_path, family):
-    """``encode_rows`` (shared start once, length-sorted chunks, zero-padded joins) continues like ``encode_past``."""
+    """``encode_rows`` (shared start once, length-sorted chunks) gives one padded batch's cache and mask."""
     agent = _agent_system(tiny_agents, tmp_path, family).agents["planner"]
     questions = QUESTIONS + ["A much longer question about seven boxes of pens and two of pencils?", "1 + 1?"]
     with torch.no_grad():
         rows = [agent.embed(agent.encode(agent.render(q))) for q in questions]
         whole = encode_past(agent.model, *left_pad(rows))
-        parts = encode_rows(agent.model, rows, chunk=2)  # three chunks, so the join and the reordering run
-        assert parts.mask.shape == whole.mask.shape and parts.mask.sum(-1).tolist() == [len(r) for r in rows]
-        assert bool(parts.mask[:, 0].all())  # the chat template's opening is encoded once, for every row
-        nxt = torch.randn(len(rows), 2, agent.hidden_size)
-        outs = []
-        for past in (whole, parts):
-            mask = torch.cat([past.mask, torch.ones(len(rows), 2, dtype=torch.long)], dim=1)
-            out = backbone_of(agent.model)(inputs_embeds=nxt, attention_mask=mask, position_ids=positions_from_mask(mask)[:, -2:],
-                                           past_key_values=past.cache, use_cache=True)
-            outs.append(out.last_hidden_state)
+        parts, fed = _encode_counting(agent.model, rows, chunk=2)  # three chunks, so the join and the reordering run
+        # the chat template's opening is encoded once, and a chunk pads only to its own longest row
+        assert fed < sum(len(r) for r in rows) < len(rows) * max(len(r) for r in rows)
+        assert torch.equal(parts.mask, whole.mask)
+        real = whole.mask.bool()[:, None, :, None]
+        for a, b in zip(parts.cache.layers, whole.cache.layers):
+            assert a.keys.shape == b.keys.shape and not bool(a.keys.masked_select(~real).any())  # zeros at the pads
+            torch.testing.assert_close(a.keys.masked_select(real), b.keys.masked_select(real), atol=2e-5, rtol=1e-4)
+        outs = [_continue(agent.model, past, 2) for past in (whole, parts)]
     torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-4)
 
 
-def test_sliding_window_caches_are_encoded_as_one_padded_batch():
-    """Sliding-window layers do not hold every position, so chunks could not be joined: one padded batch, as before."""
+def test_sliding_window_rows_shorter_than_the_window_are_chunked_and_drop_the_same_positions():
+    """Rows under the window are chunked, laid out as one padded batch, so positions leave the window alike later."""
     tokenizer = build_tokenizer("im")
     model = build_tiny_model("mixtral", tokenizer, 32, 2, seed=0, sliding_window=16)
     torch.manual_seed(0)
-    start = torch.randn(3, 32)  # a shared start, which encode_rows would otherwise encode once
-    rows = [torch.cat([start, torch.randn(n, 32)]) for n in (2, 6, 4)]
+    start = torch.randn(3, 32)  # a shared start, encoded once
+    rows = [torch.cat([start, torch.randn(n, 32)]) for n in (2, 9, 4)]
+    with torch.no_grad():
+        whole = encode_past(model, *left_pad(rows))
+        parts, fed = _encode_counting(model, rows, chunk=1)
+        assert fed == 3 + 2 + 9 + 4 and torch.equal(parts.mask, whole.mask)
+        assert all(type(layer).__name__ == "DynamicSlidingWindowLayer" and layer.get_seq_length() == 12 for layer in parts.cache.layers)
+        # 12 positions, then 10 more: every row's first positions leave the 16-wide window
+        outs = [_continue(model, past, 10) for past in (whole, parts)]
+        later = [_continue(model, past, 1, seed=2) for past in (whole, parts)]
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(later[1], later[0], atol=2e-5, rtol=1e-4)
+
+
+def test_sliding_window_rows_reaching_the_window_are_encoded_as_one_padded_batch():
+    """A layer that no longer holds every position cannot be joined from chunks: one padded batch, as before."""
+    tokenizer = build_tokenizer("im")
+    model = build_tiny_model("mixtral", tokenizer, 32, 2, seed=0, sliding_window=8)
+    torch.manual_seed(0)
+    start = torch.randn(3, 32)
+    rows = [torch.cat([start, torch.randn(n, 32)]) for n in (2, 6, 4)]  # the longest, 9, reaches the window of 8
     with torch.no_grad():
         parts, whole = encode_rows(model, rows, chunk=1), encode_past(model, *left_pad(rows))
-    assert torch.equal(parts.mask, whole.mask) and not bool(parts.mask[:, 0].all())  # plain left padding, no shared run
+    assert torch.equal(parts.mask, whole.mask)
     for a, b in zip(parts.cache.layers, whole.cache.layers):
         assert type(a).__name__ == "DynamicSlidingWindowLayer" and torch.equal(a.keys, b.keys)
 

@@ -88,19 +88,28 @@ def encode_past(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> P
 ROW_CHUNK = 32  # rows encoded together by ``encode_rows``: 200 prefixes in chunks of 25-50 took ~0.6x the time of one batch
 
 
+def _holds_every_position(layer, length: int) -> bool:
+    """Whether a cache layer keeps all of ``length`` positions, so chunks' caches can be joined."""
+    if type(layer) is DynamicLayer:
+        return True
+    return type(layer) is DynamicSlidingWindowLayer and length < layer.sliding_window  # it keeps window - 1
+
+
 def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHUNK) -> Past:
     """The ``Past`` that ``encode_past`` gives for ``left_pad(rows)``, computed with less work.
 
     Positions every row starts with (a chat template's opening and system prompt) are encoded once, at
     batch 1; the rest of each row is encoded in chunks of rows of similar length, so a chunk pads only to
-    its own longest row, and small chunks also run faster per row on a CPU. The chunks' caches are then
-    joined with zero keys and values at the padding, which the mask hides: rows read ``[shared, pads, rest]``.
-    Caches with sliding-window (or other non-plain) layers are encoded as one padded batch.
+    its own longest row, and small chunks also run faster per row on a CPU. Each row's keys and values
+    are then laid out as in one left-padded batch (``[pads, shared, rest]``, zeros at the pads, the same
+    mask), so sliding-window layers drop the same positions later. Caches with a layer that does not
+    hold every position (a row reaching its sliding window, or a non-plain layer) are encoded as one
+    padded batch.
     """
     from recursivemas.slots import left_pad  # slots builds on agent, which this lowest module must not import
 
     longest, n = max(r.shape[0] for r in rows), len(rows)
-    if n == 1 or not all(type(layer) is DynamicLayer for layer in new_cache(model).layers):
+    if n == 1 or not all(_holds_every_position(layer, longest) for layer in new_cache(model).layers):
         return encode_past(model, *left_pad(rows))
     first = rows[0]
     shared = min(r.shape[0] for r in rows) - 1  # every row keeps at least one position of its own
@@ -110,9 +119,8 @@ def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHU
     ones = torch.ones(1, shared, dtype=torch.long, device=first.device)
     head = encode_past(model, first[None, :shared], ones) if shared else None
     order = sorted(range(n), key=lambda i: rows[i].shape[0])
-    keys: list[list[torch.Tensor]] = []
-    values: list[list[torch.Tensor]] = []
-    masks = []
+    caches, sources = [], torch.empty(n, longest, dtype=torch.long)
+    offset = 0  # of each chunk's first position in every layer's positions flattened over its chunks' rows
     for start in range(0, n, chunk):
         part = order[start : start + chunk]
         embeds, mask = left_pad([rows[i][shared:] for i in part])
@@ -122,20 +130,33 @@ def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHU
         full = torch.cat([ones.expand(len(part), -1), mask], dim=1)
         backbone_of(model)(inputs_embeds=embeds, attention_mask=full, position_ids=positions_from_mask(full)[:, shared:],
                            past_key_values=cache, use_cache=True)
-        pad = longest - shared - mask.shape[1]  # zero positions between the shared run and this chunk's own
-        keys.append([_pad_at(layer.keys, shared, pad) for layer in cache.layers])
-        values.append([_pad_at(layer.values, shared, pad) for layer in cache.layers])
-        masks.append(torch.cat([full[:, :shared], mask.new_zeros(len(part), pad), mask], dim=1))
-    back = torch.tensor(sorted(range(n), key=order.__getitem__), device=first.device)  # chunk order -> row order
-    for k, layer in enumerate(cache.layers):  # reuse the last chunk's cache object, filled with every row
-        layer.keys = torch.cat([chunk_keys[k] for chunk_keys in keys])[back]
-        layer.values = torch.cat([chunk_values[k] for chunk_values in values])[back]
-    return Past(cache, torch.cat(masks)[back])
+        width = full.shape[1]  # a chunk's row reads [shared, pads up to its chunk's longest, rest]
+        lengths = torch.tensor([rows[i].shape[0] for i in part])
+        source = _left_pad_source(lengths, shared, width, longest)
+        sources[part] = torch.where(source < 0, -1, offset + torch.arange(len(part))[:, None] * width + source)
+        caches.append(cache)
+        offset += len(part) * width
+    sources[sources < 0] = offset  # left padding reads the zero position after every chunk's
+    index = sources.flatten().to(first.device)
+    # Lay every row out as one left-padded batch would ([pads, shared, rest]), so that sliding-window layers
+    # drop the same positions later; the last chunk's cache object, holding the longest row (its sliding
+    # layers already count ``longest`` positions), takes every row.
+    for k, layer in enumerate(cache.layers):
+        layer.keys = _gather_positions([c.layers[k].keys for c in caches], index, n)
+        layer.values = _gather_positions([c.layers[k].values for c in caches], index, n)
+    return Past(cache, left_pad(rows)[1])
 
 
-def _pad_at(states: torch.Tensor, at: int, pad: int) -> torch.Tensor:
-    """``[batch, heads, len, dim]`` states with ``pad`` zero positions inserted before position ``at``."""
-    if pad == 0:
-        return states
-    zeros = states.new_zeros(states.shape[0], states.shape[1], pad, states.shape[3])
-    return torch.cat([states[:, :, :at], zeros, states[:, :, at:]], dim=2)
+def _left_pad_source(lengths: torch.Tensor, shared: int, width: int, longest: int) -> torch.Tensor:
+    """``[rows, longest]``: for each left-padded position of rows of ``lengths``, where it sits in its chunk's
+    ``width``-position row ``[shared, pads, rest]`` (-1: padding)."""
+    own = torch.arange(longest) - (longest - lengths[:, None])  # position among the row's own tokens
+    return torch.where(own < 0, -1, torch.where(own < shared, own, own + width - lengths[:, None]))
+
+
+def _gather_positions(chunks: list[torch.Tensor], index: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[rows, heads, len, dim]`` states picked by flat ``index`` from the chunks' ``[batch, heads, width, dim]``
+    states, flattened over (row, position) in chunk order, and one zero position after them."""
+    heads, dim = chunks[0].shape[1], chunks[0].shape[3]
+    flat = [c.transpose(1, 2).reshape(-1, heads, dim) for c in chunks] + [chunks[0].new_zeros(1, heads, dim)]
+    return torch.cat(flat).index_select(0, index).view(rows, -1, heads, dim).transpose(1, 2)

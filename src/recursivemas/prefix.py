@@ -7,9 +7,10 @@ only its slots and the rest. The prefix stops one position short of the first sl
 encodes at least one position of its own and ends on the prompt's true last position.
 
 Padding: the prefixes are encoded by ``kv.encode_rows`` (their shared start once, the rest in
-length-sorted chunks), and the tail is left-padded again, so a row reads ``[shared, pads, prefix rest,
-pads, tail]``; the attention mask marks every pad run and positions count real tokens only
-(``positions_from_mask``), which is what encoding the whole row at once would see (docs/engine.md).
+length-sorted chunks, laid out as one left-padded batch), and the tail is left-padded again, so a row
+reads ``[pads, prefix, pads, tail]``; the attention mask marks both pad runs and positions count real
+tokens only (``positions_from_mask``), which is what encoding the whole row at once would see while the
+row stays within any sliding window (docs/engine.md).
 """
 
 from __future__ import annotations
