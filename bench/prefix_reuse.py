@@ -59,7 +59,7 @@ def main() -> None:
         from recursivemas import facts, real
 
         system, records = real.load(), facts.generate("test", args.limit)
-        questions, correct = records, lambda text, rec: facts.grade(text, rec)
+        questions, correct = records, facts.grade
         title = "Bundled real system (reader gemma-3-270m, answerer SmolLM2-135M-Instruct)"
     else:
         system, records = System.from_config(bundled_config("sequential")), generate("test", args.limit)

@@ -136,6 +136,7 @@ def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHU
         sources[part] = torch.where(source < 0, -1, offset + torch.arange(len(part))[:, None] * width + source)
         caches.append(cache)
         offset += len(part) * width
+    mask = (sources >= 0).long().to(first.device)  # exactly left_pad's mask
     sources[sources < 0] = offset  # left padding reads the zero position after every chunk's
     index = sources.flatten().to(first.device)
     # Lay every row out as one left-padded batch would ([pads, shared, rest]), so that sliding-window layers
@@ -144,7 +145,7 @@ def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHU
     for k, layer in enumerate(cache.layers):
         layer.keys = _gather_positions([c.layers[k].keys for c in caches], index, n)
         layer.values = _gather_positions([c.layers[k].values for c in caches], index, n)
-    return Past(cache, left_pad(rows)[1])
+    return Past(cache, mask)
 
 
 def _left_pad_source(lengths: torch.Tensor, shared: int, width: int, longest: int) -> torch.Tensor:
