@@ -6,10 +6,11 @@ import torch
 from recursivemas import InnerLink, System, latent_rollout
 from recursivemas.bundled import bundled_config
 from recursivemas.generation import decode_batch
-from recursivemas.kv import backbone_of, encode_past, encode_rows, positions_from_mask
+from recursivemas import prefix as prefix_module
+from recursivemas.kv import backbone_of, drop_last, encode_past, encode_rows, positions_from_mask
 from recursivemas.prefix import PrefixStore, prefix_length
 from recursivemas.slots import build_inputs, left_pad
-from recursivemas.tiny import build_tiny_model, build_tokenizer
+from recursivemas.tiny import build_tiny_model, build_tokenizer, save_tiny_agent
 from recursivemas.bundled.world import generate as world_problems
 from conftest import TINY_AGENTS, make_sequential_config
 
@@ -157,3 +158,54 @@ def test_tool_answers_reuse_the_prefix_row_by_row():
     calls = [[(c["payload"], c["result"]) for c in r.tool_calls] for r in reused]
     assert calls == [[(c["payload"], c["result"]) for c in r.tool_calls] for r in whole]
     assert all(calls)  # the tool path really ran
+
+
+
+@pytest.mark.parametrize("window", [200, 80, 60])
+def test_passes_reaching_a_sliding_window_read_like_whole_prompts(tmp_path, window):
+    """Tails of unequal length leave a pad run after each short row's prefix, which a sliding window counts as
+    positions. Passes within the window keep it (harmless there); passes reaching past it move each short
+    row's last prefix positions into its tail (window 80); a prefix that reaches the window itself has lost
+    positions the move would need, so its rows are encoded whole (window 60)."""
+    model_dir = save_tiny_agent(tmp_path / "windowed", "mixtral", 32, "im", sliding_window=window)
+    config = make_sequential_config({name: str(model_dir) for name in ("llama", "qwen2_moe", "gpt2")}, tmp_path)
+    agent = System.from_config(config).agents["planner"]
+    torch.manual_seed(0)
+    fills = {"FEEDBACK": [torch.randn(3, 32), None, torch.randn(5, 32)]}  # tails of 25, 22 and 27 positions
+    cuts = [prefix_length(agent, q) for q in QUESTIONS]
+    assert cuts == [37, 69, 34]  # so the longest row, 69 + 22 positions, reaches past 80 but not 200
+    store, link = PrefixStore(QUESTIONS), InnerLink(agent.hidden_size)
+    with torch.no_grad():
+        whole, mask = build_inputs(agent, QUESTIONS, fills)
+        reference = latent_rollout(agent.model, link, whole, mask, steps=4)
+        ids, session = decode_batch(agent.model, whole, mask, eos_token_ids=[], max_new_tokens=20)
+        for _ in range(2):  # the pass that encodes the prefixes, then one that reuses them
+            tail = store.inputs([agent], {"planner": fills}, 4)
+            assert (tail.past is None) == (window == 60)
+            torch.testing.assert_close(latent_rollout(agent.model, link, tail.embeds, tail.mask, steps=4, past=tail.past),
+                                       reference, atol=2e-5, rtol=1e-4)
+        tail = store.inputs([agent], {"planner": fills}, 1, horizon=20)
+        reused, reused_session = decode_batch(agent.model, tail.embeds, tail.mask, eos_token_ids=[], max_new_tokens=20, past=tail.past)
+    assert reused == ids
+    # every position is read once, from the cache or encoded by this pass
+    assert [r + p for r, p in zip(tail.reused, reused_session.positions)] == session.positions
+    expected = {200: cuts, 80: [cuts[0] - 2, cuts[1] - 5, cuts[2]], 60: [0, 0, 0]}[window]  # 80: the short tails' pads
+    assert tail.reused == expected
+
+
+def test_system_past_a_sliding_window_runs_the_same_with_and_without_reuse(tmp_path, monkeypatch):
+    """Every agent a Mixtral with a 96-position window, which prompts with text hand-offs of unequal length (the
+    tails' pad runs) and answers reach past, over 3 rounds."""
+    model_dir = save_tiny_agent(tmp_path / "windowed", "mixtral", 32, "im", sliding_window=96)
+    config = make_sequential_config({name: str(model_dir) for name in ("llama", "qwen2_moe", "gpt2")}, tmp_path)
+    config["generation"] = {"max_new_tokens": 12, "handoff_max_new_tokens": 9}
+    system = System.from_config(config)
+    assert max(prefix_length(agent, q) for agent in system.agents.values() for q in QUESTIONS) < 96
+    moves = []
+    monkeypatch.setattr(prefix_module, "drop_last", lambda past, counts: moves.append(counts) or drop_last(past, counts))
+    reused = system.run(QUESTIONS, mode="text", rounds=3)
+    assert len(moves) > 3 and all(max(counts) > 0 for counts in moves)  # passes reached past the window and moved positions
+    whole = system.run(QUESTIONS, mode="text", rounds=3, reuse_prefix=False)
+    assert [r.text for r in reused] == [r.text for r in whole]
+    assert [r.handoffs for r in reused] == [r.handoffs for r in whole]
+    assert all(r.usage.cached_positions > 0 for r in reused)

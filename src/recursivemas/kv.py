@@ -4,7 +4,8 @@
   LM-head input (after the final norm) in every family we support (docs/method.md#latent-rollout);
 - ``positions_from_mask``: position ids of a left-padded batch, counting real tokens only;
 - ``Past`` / ``encode_past``: a cache over already-encoded positions and its attention mask;
-- ``encode_rows``: the same cache for rows of unequal length, encoded without most of their padding.
+- ``encode_rows``: the same cache for rows of unequal length, encoded without most of their padding;
+- ``drop_last``: a cache without each row's last few positions, so that a pass can encode them again.
 """
 
 from __future__ import annotations
@@ -89,10 +90,47 @@ ROW_CHUNK = 32  # rows encoded together by ``encode_rows``: 200 prefixes in chun
 
 
 def _holds_every_position(layer, length: int) -> bool:
-    """Whether a cache layer keeps all of ``length`` positions, so chunks' caches can be joined."""
+    """Whether a cache layer keeps all of ``length`` positions, so chunks' caches can be joined or re-laid."""
     if type(layer) is DynamicLayer:
         return True
     return type(layer) is DynamicSlidingWindowLayer and length < layer.sliding_window  # it keeps window - 1
+
+
+def keeps_every_position(model: nn.Module, length: int) -> bool:
+    """Whether every layer of ``model``'s cache keeps all of ``length`` positions (no sliding window drops any)."""
+    return all(_holds_every_position(layer, length) for layer in new_cache(model).layers)
+
+
+def reaches_a_window(model: nn.Module, length: int) -> bool:
+    """Whether rows of ``length`` positions reach past one of ``model``'s sliding windows.
+
+    Within every window a run of padding inside a row is harmless (the mask hides it and position ids
+    count real tokens); past a window it takes the place of real positions the window would hold.
+    """
+    return any(getattr(layer, "is_sliding", False) and length >= layer.sliding_window for layer in new_cache(model).layers)
+
+
+def drop_last(past: Past, counts: list[int]) -> Past:
+    """A copy of ``past`` without row ``i``'s last ``counts[i]`` positions, each row still right-aligned.
+
+    A pass then encodes those positions again in front of its own, so rows whose new parts differ in
+    length need no padding between what is cached and what follows (``recursivemas.prefix``). Every
+    layer must hold all of ``past``'s positions (``keeps_every_position``).
+    """
+    width = past.mask.shape[1]
+    shift = torch.tensor(counts, device=past.mask.device)[:, None]
+    source = torch.arange(width, device=past.mask.device)[None, :] - shift  # where position j of each row comes from
+    mask = torch.where(source >= 0, past.mask.gather(1, source.clamp_min(0)), 0)
+    index = source.clamp_min(0)[:, None, :, None]
+    cache = copy.copy(past.cache)
+    cache.layers = [copy.copy(layer) for layer in past.cache.layers]
+    for layer in cache.layers:
+        if not _holds_every_position(layer, width) or layer.keys.shape[2] != width:
+            raise ValueError("drop_last needs a cache whose every layer holds all of its positions")
+        keep = mask[:, None, :, None].to(layer.keys.dtype)  # zeros at the pads, as encode_rows leaves them
+        layer.keys = layer.keys.gather(2, index.expand_as(layer.keys)) * keep
+        layer.values = layer.values.gather(2, index.expand_as(layer.values)) * keep
+    return Past(cache, mask)
 
 
 def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHUNK) -> Past:
@@ -109,7 +147,7 @@ def encode_rows(model: nn.Module, rows: list[torch.Tensor], chunk: int = ROW_CHU
     from recursivemas.slots import left_pad  # slots builds on agent, which this lowest module must not import
 
     longest, n = max(r.shape[0] for r in rows), len(rows)
-    if n == 1 or not all(_holds_every_position(layer, longest) for layer in new_cache(model).layers):
+    if n == 1 or not keeps_every_position(model, longest):
         return encode_past(model, *left_pad(rows))
     first = rows[0]
     shared = min(r.shape[0] for r in rows) - 1  # every row keeps at least one position of its own

@@ -284,7 +284,7 @@ class System:
         agent = self.agents[name]
         start = time.perf_counter()
         # the prompt must fit; an answer that would run past the model's positions stops there (docs/engine.md)
-        tail = prefixes.inputs([agent], {name: fills}, 1, "the first token it writes")
+        tail = prefixes.inputs([agent], {name: fills}, 1, "the first token it writes", horizon=max_new)
         used = _positions(tail)
         limit = position_limit(agent.model)
         if limit is not None:
