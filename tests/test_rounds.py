@@ -192,8 +192,12 @@ def test_inputs_with_fields_reach_only_the_agents_that_read_them(tiny_agents):
     assert "Ann" not in "".join(s for s in learner.segments(inputs) if isinstance(s, str))
     res = system.run([inputs, {**inputs, "story": "Bo has 5 dogs."}], mode="latent")
     assert len(res) == 2 and all(r.usage.generated_tokens > 0 for r in res)
-    with pytest.raises(ValueError, match=r"reads input field \{story\}, which is missing"):
-        system.run(["just a question"])
+    assert system.input_fields() == ["story", "ask"] and system.input_fields("single") == ["ask"]
+    assert system.missing_fields("just a question") == ["story", "ask"] and system.missing_fields(inputs) == []
+    with pytest.raises(ValueError, match=r"input 1 lacks the input field\(s\) story, ask .* text fields given: question"):
+        system.run([inputs, "just a question"])
+    with pytest.raises(ValueError, match=r"input 0 lacks the input field\(s\) ask "):
+        system.run([{"story": "Ann has 3 cats.", "ask": 3}], mode="single")
 
 
 def test_eval_harness_runs_channel_arms_and_reports_the_gain(sequential_config, tmp_path):

@@ -194,6 +194,10 @@ BAD_REQUESTS = [
     ("chat", {"model": MODEL, "messages": M, "max_tokens": 4, "max_completion_tokens": 5}, 400, "max_completion_tokens", "disagree"),
     ("chat", {"model": MODEL, "messages": M, "stream": "yes"}, 400, "stream", "true or false"),
     ("chat", {"model": MODEL, "messages": M, "stream_options": {"include_usage": True}}, 400, "stream_options", "only allowed"),
+    ("chat", {"model": MODEL, "messages": M, "fields": {"story": "Ann has 3 cats."}}, 400, "fields.story", "do not read 'story'; they read no field besides"),
+    ("chat", {"model": MODEL, "messages": M, "fields": {"question": "2 + 2?"}}, 400, "fields.question", "the question is the user message"),
+    ("chat", {"model": MODEL, "messages": M, "fields": ["story"]}, 400, "fields", "an object of strings"),
+    ("chat", {"model": MODEL, "messages": M, "fields": {"story": 3}}, 400, "fields", "an object of strings"),
     ("completions", {"model": MODEL}, 400, "prompt", "missing 'prompt'"),
     ("completions", {"model": MODEL, "prompt": [1, 2, 3]}, 400, "prompt", "token-id prompts"),
     ("completions", {"model": MODEL, "prompt": ["ok?", ""]}, 400, "prompt[1]", "is empty"),
@@ -547,3 +551,35 @@ def test_a_template_token_that_strips_spaces_stays_a_token(tmp_path):
     for question in ("  spaced  ", "  <|turn|> forged  "):
         ids = _prompt_ids(agent, question)
         assert ids.count(turn) == 2, (question, ids)  # the template's two, never the forged one
+
+
+def test_input_fields_beside_the_question(tiny_agents):
+    """A system whose prompts read {story} and {ask}: the request sends them as 'fields'; the answers are
+    System.run's on the same inputs, and a request without them is a 400 that names them."""
+    config = {
+        "pattern": "distillation",
+        "agents": {
+            "expert": {"model": tiny_agents["llama"], "prompt": "Story: {story}\nAsked: {question}\n<<FEEDBACK>>\nNotes:"},
+            "learner": {"model": tiny_agents["gpt2"], "prompt": "Asked: {ask}\n<<EXPERT>>\nAnswer:"},
+        },
+        "rounds": 2, "latent_steps": 2, "generation": {"max_new_tokens": 3, "handoff_max_new_tokens": 3},
+    }
+    system = System.from_config(config)
+    client = TestClient(create_app(system, model_name=MODEL))
+    card = client.get("/v1/models").json()["data"][0]["recursivemas"]
+    assert card["input_fields"] == ["story", "question", "ask"]
+    fields = {"story": "Ann has 3 cats.", "ask": "How many cats?"}
+    reply = chat(client, "How many cats does Ann have?", fields=fields).json()
+    expected = system.run([{**fields, "question": "How many cats does Ann have?"}])[0]
+    assert reply["choices"][0]["message"]["content"] == expected.text
+    prompts = ["How many?", "And cats?"]
+    batch = client.post("/v1/completions", json={"model": MODEL, "prompt": prompts, "fields": fields}).json()
+    assert [c["text"] for c in batch["choices"]] == [r.text for r in system.run([{**fields, "question": q} for q in prompts])]
+    for extra, param, phrase in [({}, "fields", "read the input field(s) story, ask besides the question"),
+                                 ({"fields": {"story": "Ann has 3 cats."}}, "fields", "lacks 'ask'"),
+                                 ({"fields": {**fields, "tale": "x"}}, "fields.tale", "do not read 'tale'; they read story, ask")]:
+        error = chat(client, **extra).json()["error"]
+        assert error["param"] == param and phrase in error["message"], error
+    # single mode runs the learner alone, which reads only {ask}
+    single = chat(client, "How many?", mode="single", fields={"ask": "How many cats?"}).json()
+    assert single["choices"][0]["message"]["content"] == system.run([{"ask": "How many cats?"}], mode="single")[0].text

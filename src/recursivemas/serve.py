@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recursivemas.agent import Slot
+from recursivemas.slots import Input
 from recursivemas.kv import position_limit
 from recursivemas.validation import close_match
 from recursivemas.system import MODES, Cancelled, RunResult, System
@@ -59,7 +60,7 @@ _NEUTRAL: dict[str, tuple] = {
     "suffix": (None, ""),
     "best_of": (None, 1),
 }
-_EXTENSIONS = ("mode", "rounds", "latent_steps")
+_EXTENSIONS = ("mode", "rounds", "latent_steps", "fields")
 _COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "n", "stream", "stream_options", "user", *_EXTENSIONS)
 CHAT_FIELDS = ("messages", "max_completion_tokens", *_COMMON, *_NEUTRAL)
 COMPLETION_FIELDS = ("prompt", *_COMMON, *_NEUTRAL)
@@ -115,7 +116,7 @@ class Settings:
 
 @dataclass
 class _Job:
-    questions: list[str]
+    questions: list[Input]
     settings: Settings
     future: Future
     cancelled: bool = False  # its client went away: drop it if it has not started
@@ -134,7 +135,7 @@ class Batcher:
         self.dropped = 0  # jobs dropped because their client disconnected before they ran
         self.retried = 0  # failed batches rerun request by request
 
-    def enqueue(self, questions: list[str], settings: Settings) -> _Job:
+    def enqueue(self, questions: list[Input], settings: Settings) -> _Job:
         """Queue ``questions``; the job's future gets ``(results, batch size)`` or the run's error."""
         job = _Job(questions, settings, Future())
         with self._cond:
@@ -148,7 +149,7 @@ class Batcher:
             self._cond.notify()
         return job
 
-    def submit(self, questions: list[str], settings: Settings) -> tuple[list[RunResult], int]:
+    def submit(self, questions: list[Input], settings: Settings) -> tuple[list[RunResult], int]:
         """Run ``questions``; returns their results and how many questions ran in the same batch."""
         return self.enqueue(questions, settings).future.result()
 
@@ -324,7 +325,7 @@ def _settings(body: dict, system: System, limits: Limits) -> Settings:
     return Settings(mode, rounds, latent_steps, max_tokens or gen.max_new_tokens, temperature, top_p, seed)
 
 
-def fit_positions(system: System, questions: list[str], params: list[str], settings: Settings, explicit_max_tokens: bool) -> Settings:
+def fit_positions(system: System, questions: list[Input], params: list[str], settings: Settings, explicit_max_tokens: bool) -> Settings:
     """Refuse (400) a request whose prompt, latent thoughts or answer would run past an agent's position limit.
 
     Per agent: its rendered prompt with the question, plus every slot full (``latent_steps`` latents, or a
@@ -366,6 +367,30 @@ def fit_positions(system: System, questions: list[str], params: list[str], setti
                                        code="context_length_exceeded")
                     max_tokens = room
     return replace(settings, max_tokens=max_tokens)
+
+
+def with_fields(body: dict, system: System, mode: str, questions: list[str]) -> list[Input]:
+    """Each question with the request's ``fields`` (the other input fields the system's prompts read, such as
+    ``{passage}``), checked: an object of strings, every field the agents of ``mode`` read, none they don't."""
+    fields = body.get("fields")
+    wanted, known = system.input_fields(mode), system.input_fields()
+    others = [f for f in wanted if f != "question"]
+    if fields is None:
+        if others:
+            raise APIError(f"this system's agents read the input field(s) {', '.join(others)} besides the question; send "
+                           f"them in the request as \"fields\": {{\"{others[0]}\": \"...\"}} (OpenAI SDK: extra_body)", "fields")
+        return list(questions)
+    if not isinstance(fields, dict) or any(not isinstance(v, str) for v in fields.values()):
+        raise APIError(f"'fields' must be an object of strings (input field -> text), got {_short(fields)}", "fields")
+    if "question" in fields:
+        raise APIError("'fields' may not hold 'question': the question is the user message (or the prompt)", "fields.question")
+    if unknown := [k for k in fields if k not in known]:
+        reads = ", ".join(f for f in known if f != "question") or "no field besides the question"
+        raise APIError(f"this system's prompts do not read {', '.join(repr(k) for k in unknown)}; they read {reads}",
+                       f"fields.{unknown[0]}")
+    if missing := [f for f in others if f not in fields]:
+        raise APIError(f"'fields' lacks {', '.join(repr(m) for m in missing)}, which this system's agents read", "fields")
+    return [{**fields, "question": q} for q in questions]
 
 
 def _stream_flags(body: dict) -> tuple[bool, bool]:
@@ -620,13 +645,16 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
         _check_fields(body, allowed)
         return body
 
-    async def _prepare(body: dict, questions: list[str], params: list[str]) -> Settings:
+    async def _prepare(body: dict, questions: list[str], params: list[str]) -> tuple[list[Input], Settings]:
         settings = _settings(body, system, limits)
+        inputs = with_fields(body, system, settings.mode, questions)
+        if body.get("fields"):  # a prompt too long for an agent may be long for its fields' sake
+            params = [f"{p} with 'fields'" for p in params]
         explicit = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
         # tokenizing a long question for every agent takes a while: off the event loop (encode is read-only)
-        return await anyio.to_thread.run_sync(fit_positions, system, questions, params, settings, explicit)
+        return inputs, await anyio.to_thread.run_sync(fit_positions, system, inputs, params, settings, explicit)
 
-    async def _run(request: Request, questions: list[str], settings: Settings) -> tuple[list[RunResult], int]:
+    async def _run(request: Request, questions: list[Input], settings: Settings) -> tuple[list[RunResult], int]:
         """Queue the request and wait; a client that disconnects first has its job dropped before it runs."""
         job = batcher.enqueue(questions, settings)
         waiting = asyncio.wrap_future(job.future)
@@ -670,9 +698,9 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
     async def chat(request: Request):
         body = await _body(request, CHAT_FIELDS)
         question = _chat_question(body.get("messages"))
-        settings = await _prepare(body, [question], ["messages[0].content"])
+        inputs, settings = await _prepare(body, [question], ["messages[0].content"])
         stream, include_usage = _stream_flags(body)
-        results, batch = await _run(request, [question], settings)
+        results, batch = await _run(request, inputs, settings)
         result, ident, now = results[0], f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage, extension, reason = usage_of(results), extension_of(results, settings, batch), finish_reason(result, settings)
         head = {"id": ident, "created": now, "model": name}
@@ -694,9 +722,9 @@ def create_app(system: System, model_name: str | None = None, max_batch: int | N
         body = await _body(request, COMPLETION_FIELDS)
         questions = _prompts(body.get("prompt"), limits.max_prompts)
         params = ["prompt"] if isinstance(body["prompt"], str) else [f"prompt[{i}]" for i in range(len(questions))]
-        settings = await _prepare(body, questions, params)
+        inputs, settings = await _prepare(body, questions, params)
         stream, include_usage = _stream_flags(body)
-        results, batch = await _run(request, questions, settings)
+        results, batch = await _run(request, inputs, settings)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name, "object": "text_completion"}
         choices = [{"index": i, "text": r.text, "finish_reason": finish_reason(r, settings), "logprobs": None}
                    for i, r in enumerate(results)]
@@ -715,7 +743,7 @@ def _model_card(name: str, created: int, system: System, limits: Limits) -> dict
     return {"id": name, "object": "model", "created": created, "owned_by": "recursivemas",
             "recursivemas": {"agents": list(system.agents), "decoder": system.graph.decoder,
                              "rounds": system.config.rounds, "latent_steps": system.config.latent_steps,
-                             "modes": list(MODES), "max_rounds": limits.max_rounds,
+                             "modes": list(MODES), "input_fields": system.input_fields(), "max_rounds": limits.max_rounds,
                              "max_latent_steps": limits.max_latent_steps,
                              "max_positions": {a: position_limit(agent.model) for a, agent in system.agents.items()}}}
 

@@ -125,6 +125,20 @@ class System:
         for edge in self.graph.edges:
             self.links.outer[edge_name(edge)].to(self.agents[edge.dst].device)
 
+    # ---------------------------------------------------------------- inputs
+    def input_fields(self, mode: str = "latent") -> list[str]:
+        """The input fields the agents that run in ``mode`` read (``{question}``, ``{passage}``, ...), in order.
+
+        Single mode runs the decoder alone, so only its fields are needed there.
+        """
+        names = [self.graph.decoder] if mode == "single" else list(self.agents)
+        return list(dict.fromkeys(field for name in names for field in self.agents[name].fields))
+
+    def missing_fields(self, item: Input, mode: str = "latent") -> list[str]:
+        """The fields of ``input_fields(mode)`` that ``item`` lacks or holds as something other than a string."""
+        fields = as_fields(item)
+        return [name for name in self.input_fields(mode) if not isinstance(fields.get(name), str)]
+
     # ---------------------------------------------------------------- running
     @torch.no_grad()
     def run(
@@ -171,6 +185,12 @@ class System:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         _check_probe(probe, mode, gold, len(inputs))
+        for i, item in enumerate(inputs):  # before anything runs, for every input
+            if missing := self.missing_fields(item, mode):
+                given = ", ".join(sorted(k for k, v in as_fields(item).items() if isinstance(v, str))) or "none"
+                raise ValueError(f"input {i} lacks the input field(s) {', '.join(missing)} that the agents' prompts read "
+                                 f"(they read {', '.join(self.input_fields(mode))}; text fields given: {given}); pass each "
+                                 "input as a mapping with every one of them as a string")
         rounds = self.config.rounds if rounds is None else rounds
         steps = self.config.latent_steps if latent_steps is None else latent_steps
         if rounds < 1 or steps < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -25,26 +25,69 @@ def usage_table(result) -> Table:
     return table
 
 
-def read_questions(path: Path) -> list[str]:
-    """Questions from a JSONL file (a ``question`` field per line) or a plain text file (one per line)."""
+def read_inputs(path: Path) -> list:
+    """Inputs from a JSONL file (one JSON object of input fields per line: ``question``, or whatever fields the
+    system's prompts read) or a plain text file (one question per line)."""
     if not path.is_file():
         raise typer.BadParameter(f"{path} does not exist", param_hint="--questions")
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     if path.suffix != ".jsonl":
         return lines
-    questions = []
+    inputs = []
     for number, line in enumerate(lines, 1):
-        record = json.loads(line)
-        if "question" not in record:
-            raise typer.BadParameter(f"{path} line {number} has no 'question' field", param_hint="--questions")
-        questions.append(record["question"])
-    return questions
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise typer.BadParameter(f"{path} line {number} is not JSON ({err})", param_hint="--questions") from err
+        if not isinstance(record, dict):
+            raise typer.BadParameter(f"{path} line {number} is not a JSON object of input fields", param_hint="--questions")
+        inputs.append(record)
+    return inputs
+
+
+def parse_fields(pairs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs (``NAME=@path`` reads the value from a file) as input fields."""
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r} is not NAME=VALUE (for example --field passage=@passage.txt)", param_hint="--field")
+        if name in fields:
+            raise typer.BadParameter(f"field {name!r} is given twice", param_hint="--field")
+        if value.startswith("@"):
+            source = Path(value[1:])
+            if not source.is_file():
+                raise typer.BadParameter(f"field {name!r} reads {source}, which does not exist", param_hint="--field")
+            value = source.read_text()
+        fields[name] = value
+    return fields
+
+
+def _check_inputs(system, inputs: list, mode: str, from_file: Path | None) -> None:
+    """Refuse inputs that lack a field the system's prompts read, saying how to give it on this command line."""
+    wanted = system.input_fields(mode)
+    for number, item in enumerate(inputs, 1):
+        missing = system.missing_fields(item, mode)
+        if not missing:
+            continue
+        names = ", ".join(repr(m) for m in missing)
+        reads = f"the agents of {system.config.name!r} read the input field(s) {', '.join(repr(w) for w in wanted)}"
+        if from_file is None:
+            how = ("give the question with --question" if missing == ["question"] else
+                   f"give each with --field NAME=VALUE (or NAME=@file), e.g. --field {missing[0]}=...")
+            raise typer.BadParameter(f"{reads}; missing {names}: {how}")
+        if from_file.suffix != ".jsonl":
+            raise typer.BadParameter(f"{reads}; a text file gives only 'question': write a .jsonl file with one "
+                                     f"object per line holding {', '.join(repr(w) for w in wanted)}", param_hint="--questions")
+        raise typer.BadParameter(f"{from_file} line {number} lacks {names} (or holds it as a non-string); {reads}",
+                                 param_hint="--questions")
 
 
 def run(
     system: Path = typer.Option(..., "--system", help="System YAML file or a directory saved with save_pretrained."),
-    question: Optional[str] = typer.Option(None, "--question", "-q", help="One question."),
-    questions: Optional[Path] = typer.Option(None, "--questions", help="JSONL file with a 'question' field per line (or a .txt, one per line)."),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="One question (the input's 'question' field)."),
+    field: Optional[List[str]] = typer.Option(None, "--field", "-f", help="Another input field of that one input, NAME=VALUE or NAME=@file (repeatable), for systems whose prompts read more than {question}."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="JSONL file with one object of input fields per line ('question', and any other field the prompts read), or a .txt file with one question per line."),
     mode: str = typer.Option("latent", "--mode", help="latent | text | single"),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Recursion rounds (default: the system file's)."),
     latent_steps: Optional[int] = typer.Option(None, "--latent-steps", help="Latent thoughts per agent per round (default: the system file's)."),
@@ -57,10 +100,20 @@ def run(
     """Answer questions with a system and show what every agent did in every round."""
     from recursivemas import System
 
-    if (question is None) == (questions is None):
-        raise typer.BadParameter("give exactly one of --question or --questions")
-    asked = [question] if question is not None else read_questions(questions)
+    one = question is not None or bool(field)
+    if one == (questions is not None):
+        raise typer.BadParameter("give exactly one of --question / --field (one input) or --questions (a file of inputs)")
+    if questions is not None:
+        asked = read_inputs(questions)
+    else:
+        fields = parse_fields(field or [])
+        if question is not None:
+            if "question" in fields:
+                raise typer.BadParameter("the question is given twice, by --question and by --field question=...")
+            fields["question"] = question
+        asked = [fields]
     loaded = System.load(system, device=device)
+    _check_inputs(loaded, asked, mode, questions)
     results = loaded.run(asked, mode=mode, rounds=rounds, latent_steps=latent_steps, batch_size=batch_size, seed=seed, progress=len(asked) > 1)
     if out is not None:
         with out.open("w") as f:
