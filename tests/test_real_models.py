@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import re
+
 import pytest
 import torch
 
@@ -72,6 +74,47 @@ def test_facts_splits_are_disjoint_and_reproducible():
         assert r["question"].startswith(r["ask"] + " Options:") and not any(o in r["ask"].split() for o in r["options"])
     with pytest.raises(ValueError, match="unknown split"):
         facts.generate("dev", 1)
+
+
+@pytest.mark.parametrize("vocabulary", ["names", "values", "both"])
+def test_unseen_vocabulary_keeps_each_problem_and_swaps_every_name_or_value(vocabulary):
+    seen = facts.generate("test", 40)
+    swapped = facts.with_vocabulary(seen, vocabulary)
+    words = lambda r: set(re.findall(r"\w+", " ".join([r["passage"], r["question"], r["ask"], r["fact"], *r["options"]])))  # noqa: E731
+    trained = set(facts.PEOPLE) if vocabulary == "names" else {v for values, _, _ in facts.KINDS.values() for v in values}
+    if vocabulary == "both":
+        trained |= set(facts.PEOPLE)
+    for old, new in zip(seen, swapped):
+        assert not words(new) & trained  # nothing of the training vocabulary is left
+        in_passage = [o for o in new["options"] if o in new["passage"].replace(".", " ").split()]
+        assert in_passage == [new["answer"]] and new["fact"] in new["passage"] and len(set(new["options"])) == 4
+        assert new["reply"] == " " + new["answer"] and new["kind"] == old["kind"]
+        assert facts.grade(new["answer"], new) and facts.grade(old["answer"], new) == (vocabulary == "names")
+        # the same problem: the position of every word is kept, only the swapped words differ
+        assert len(new["passage"].split()) == len(old["passage"].split())
+    assert facts.with_vocabulary(seen, "seen") == seen
+    with pytest.raises(ValueError, match="unknown vocabulary"):
+        facts.with_vocabulary(seen, "new")
+
+
+def test_made_up_values_are_new_words_and_training_records_mix_them_in():
+    from recursivemas.real import training_records
+
+    made = facts.generate("train", 60, values="made-up")
+    assert facts.generate("train", 60, values="made-up") == made and made != facts.generate("train", 60, values="made-up", seed=1)
+    named = {v.lower() for values, _, _ in facts.KINDS.values() for v in values} | {
+        v.lower() for values in facts.UNSEEN_VALUES.values() for v in values}
+    for r in made:
+        assert r["answer"].lower() not in named and not {o.lower() for o in r["options"]} & named
+        in_passage = [o for o in r["options"] if o in r["passage"].replace(".", " ").split()]
+        assert in_passage == [r["answer"]] and len(set(r["options"])) == 4 and facts.split_of(r) == "train"
+        assert r["answer"].isdigit() == (r["kind"] == "code") and r["answer"][0].isupper() == (r["kind"] == "city")
+    assert len({r["answer"] for r in made}) > 50  # hardly any value repeats: a vocabulary too large to memorise
+    mixed = training_records(10, made_up=0.5)
+    assert [r["id"].endswith("/made-up") for r in mixed] == [False, True] * 5
+    assert training_records(10) == facts.generate("train", 10)
+    with pytest.raises(ValueError, match="unknown values"):
+        facts.generate("train", 1, values="random")
 
 
 def test_facts_grading_is_strict():
@@ -257,7 +300,7 @@ def test_real_train_command_passes_lr_warmup_and_out(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(bundled, "train_links", lambda **kw: seen.update(kw) or {"train_seconds": 0.0})
     bundled.main(["train", "--steps", "60", "--lr", "3e-4", "--warmup", "12", "--out", str(tmp_path / "l.safetensors")])
-    assert seen == {"steps": 60, "records": 800, "out": tmp_path / "l.safetensors", "lr": 3e-4, "warmup_steps": 12}
+    assert seen == {"steps": 60, "records": 800, "out": tmp_path / "l.safetensors", "lr": 3e-4, "warmup_steps": 12, "made_up": 0.0}
     seen.clear()
-    bundled.main(["train"])  # the shipped recipe; without --lr or --warmup, train_links keeps its own defaults
-    assert seen == {"steps": 150, "records": 800, "out": None}
+    bundled.main(["train", "--made-up", "0.5"])  # the shipped recipe; without --lr or --warmup, train_links keeps its own defaults
+    assert seen == {"steps": 150, "records": 800, "out": None, "made_up": 0.5}

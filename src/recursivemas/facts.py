@@ -43,6 +43,21 @@ KINDS: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 N_OPTIONS = 4
 
+# Names and values no problem of any split uses (the links never saw them): ``with_vocabulary`` swaps them in,
+# one for one by position, to ask whether what crosses the channel is the passage's value or a learned guess.
+UNSEEN_PEOPLE = (
+    "Anya", "Bruno", "Chloe", "Dmitri", "Esme", "Farid", "Gina", "Henrik", "Iris", "Jamal", "Kira", "Luca",
+    "Mina", "Nils", "Olga", "Pablo", "Rosa", "Sami", "Tessa", "Umar", "Vera", "Wanda", "Xenia", "Yusuf",
+)
+UNSEEN_VALUES: dict[str, tuple[str, ...]] = {
+    "city": ("Paris", "Tokyo", "Madrid", "Nairobi", "Boston", "Sydney", "Berlin", "Havana", "Mumbai", "Athens", "Dakar", "Kyoto"),
+    "pet": ("ferret", "pony", "lizard", "crab", "mouse", "pig", "sheep", "bat", "eel", "toad", "swan", "llama"),
+    "color": ("violet", "silver", "beige", "navy", "teal", "maroon", "ivory", "olive", "coral", "amber", "cyan", "lime"),
+    "object": ("radio", "sofa", "lantern", "flute", "ladder", "helmet", "wallet", "canoe", "banjo", "mirror", "candle", "sled"),
+    "code": tuple(str(n) for n in range(1111, 10000, 719))[:12],
+}
+VOCABULARIES = ("seen", "names", "values", "both")
+
 
 def _draw(rng: random.Random, facts: int) -> dict[str, Any]:
     people = rng.sample(PEOPLE, facts)
@@ -52,20 +67,56 @@ def _draw(rng: random.Random, facts: int) -> dict[str, Any]:
     kind, gold = kinds[asked], values[asked]
     options = [gold] + rng.sample([v for v in KINDS[kind][0] if v != gold], N_OPTIONS - 1)
     rng.shuffle(options)
+    return _record(people, kinds, values, asked, options)
+
+
+def _record(people: list[str], kinds: list[str], values: list[str], asked: int, options: list[str]) -> dict[str, Any]:
     sentences = [KINDS[k][1].format(person=p, value=v) for p, k, v in zip(people, kinds, values)]
-    ask = KINDS[kind][2].format(person=people[asked])
+    ask = KINDS[kinds[asked]][2].format(person=people[asked])
     return {
         "passage": " ".join(sentences),
         "question": f"{ask} Options: {', '.join(options)}.",
         "ask": ask,  # the question without its options: what the reader is told (options distract a small reader)
         "options": options,
-        "answer": gold,
+        "answer": values[asked],
         # the reader's hand-off as a base model writes it after "Answer:": with its leading space the value is one
         # token in both real models' vocabularies for most values, so one latent can carry it (docs/real_models.md)
-        "reply": " " + gold,
+        "reply": " " + values[asked],
         "fact": sentences[asked],  # the one sentence the answerer needs
-        "kind": kind,
+        "kind": kinds[asked],
     }
+
+
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+_KNOWN = {v.lower() for values, _, _ in KINDS.values() for v in values} | {v.lower() for values in UNSEEN_VALUES.values() for v in values}
+
+
+def _made_up_values(rng: random.Random, kind: str, k: int) -> list[str]:
+    """``k`` distinct made-up values of ``kind`` (``wide`` problems): pseudo-words of two or three syllables
+    (capitalised for a city), or any four-digit code, never one of the named values of either list, so the
+    links meet many token sequences instead of 60 fixed values."""
+    out: list[str] = []
+    while len(out) < k:
+        if kind == "code":
+            value = str(rng.randrange(1000, 10000))
+        else:
+            value = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3))))
+            value = value + rng.choice(_CONSONANTS) if rng.random() < 0.5 else value
+            value = value.capitalize() if kind == "city" else value
+        if value.lower() not in _KNOWN and value not in out:
+            out.append(value)
+    return out
+
+
+def _draw_wide(rng: random.Random, facts: int) -> dict[str, Any]:
+    """A problem like ``_draw``'s whose values are made up (``_made_up_values``), options included."""
+    people = rng.sample(PEOPLE, facts)
+    kinds = rng.sample(list(KINDS), facts)
+    asked = rng.randrange(facts)
+    options = _made_up_values(rng, kinds[asked], N_OPTIONS)
+    values = [options[0] if i == asked else _made_up_values(rng, k, 1)[0] for i, k in enumerate(kinds)]
+    rng.shuffle(options)
+    return _record(people, kinds, values, asked, options)
 
 
 def split_of(record: dict[str, Any]) -> str:
@@ -75,26 +126,57 @@ def split_of(record: dict[str, Any]) -> str:
     return next(name for name, (lo, hi) in _SPLIT_BUCKETS.items() if lo <= bucket < hi)
 
 
-def generate(split: str, n: int, seed: int = 0, facts: int = 4) -> list[dict[str, Any]]:
-    """``n`` distinct problems of ``split``, drawn reproducibly from ``seed``."""
+def generate(split: str, n: int, seed: int = 0, facts: int = 4, values: str = "named") -> list[dict[str, Any]]:
+    """``n`` distinct problems of ``split``, drawn reproducibly from ``seed``; ``values="made-up"`` draws every value
+    (options too) as a made-up word or code instead of from the named lists (training for values never seen)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if not 1 <= facts <= len(KINDS):
         raise ValueError(f"facts must be between 1 and {len(KINDS)} (one per kind), got {facts}")
-    rng = random.Random(f"facts/{split}/{seed}/{facts}")
+    if values not in ("named", "made-up"):
+        raise ValueError(f"unknown values {values!r}; choose 'named' or 'made-up'")
+    rng = random.Random(f"facts/{split}/{seed}/{facts}" + ("" if values == "named" else "/made-up"))
+    draw = _draw if values == "named" else _draw_wide
     out, seen = [], set()
     for _ in range(200 * n + 1000):
         if len(out) == n:
             break
-        record = _draw(rng, facts)
+        record = draw(rng, facts)
         key = (record["passage"], record["question"])
         if key in seen or split_of(record) != split:
             continue
         seen.add(key)
-        record["id"] = f"facts/{split}/{len(out)}"
+        record["id"] = f"facts/{split}/{len(out)}" + ("" if values == "named" else "/made-up")
         out.append(record)
     if len(out) < n:
         raise ValueError(f"could only draw {len(out)} distinct {split} problems; ask for fewer")
+    return out
+
+
+def with_vocabulary(records: list[dict[str, Any]], vocabulary: str) -> list[dict[str, Any]]:
+    """The same problems with unseen names (``names``), unseen values (``values``), both, or as they are (``seen``).
+
+    Each name and value is replaced by the unseen one at its position in its list, everywhere it appears
+    (passage, questions, options, answer), so problem ``i`` keeps its structure and the arms can be paired.
+    """
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {vocabulary!r}; choose one of {', '.join(VOCABULARIES)}")
+    swap: dict[str, str] = {}
+    if vocabulary in ("names", "both"):
+        swap.update(zip(PEOPLE, UNSEEN_PEOPLE))
+    if vocabulary in ("values", "both"):
+        for kind, (values, _, _) in KINDS.items():
+            swap.update(zip(values, UNSEEN_VALUES[kind]))
+    if not swap:
+        return [dict(r) for r in records]
+    word = re.compile(r"(?<![\w])(" + "|".join(re.escape(w) for w in sorted(swap, key=len, reverse=True)) + r")(?![\w])")
+    sub = lambda text: word.sub(lambda m: swap[m.group(1)], text)  # noqa: E731
+    out = []
+    for r in records:
+        new = {k: sub(v) if isinstance(v, str) and k not in ("id", "kind") else v for k, v in r.items()}
+        new["options"] = [sub(o) for o in r["options"]]
+        new["id"] = f"{r['id']}/{vocabulary}"
+        out.append(new)
     return out
 
 

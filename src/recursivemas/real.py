@@ -21,13 +21,16 @@ CONFIG = Path(__file__).resolve().parent / "bundled" / "configs" / "real.yaml"
 LINKS = CONFIG.with_name("real.links.safetensors")
 
 
-def load(with_links: bool = True, device: str | None = None):
-    """The bundled real system; ``with_links=False`` starts from fresh (untrained) links; ``device`` as in ``System.load``."""
+def load(with_links: bool = True, device: str | None = None, links: Path | None = None):
+    """The bundled real system; ``with_links=False`` starts from fresh (untrained) links, ``links`` reads another
+    links file than the shipped one; ``device`` as in ``System.load``."""
     from recursivemas import System
 
     data = yaml.safe_load(CONFIG.read_text())
     if not with_links or not LINKS.is_file():
         data["links"] = {**data.get("links", {}), "checkpoint": None}
+    elif links is not None:
+        data["links"] = {**data.get("links", {}), "checkpoint": str(Path(links).resolve())}
     return System.from_config({**data, "base_dir": str(CONFIG.parent)}, device=device)
 
 
@@ -36,7 +39,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_links(steps: int = 150, records: int = 800, seed: int = 0, out: Path | None = None, **overrides: Any) -> dict:
+def training_records(records: int, seed: int = 0, made_up: float = 0.0) -> list[dict]:
+    """``records`` training problems, the fraction ``made_up`` of them with made-up values (``facts.generate``),
+    interleaved so that any prefix (the least-squares fit's records) holds both kinds."""
+    from itertools import zip_longest
+
+    wide = round(records * made_up)
+    named = facts.generate("train", records - wide, seed=seed)
+    made = facts.generate("train", wide, seed=seed, values="made-up") if wide else []
+    return [r for pair in zip_longest(named, made) for r in pair if r is not None]
+
+
+def train_links(steps: int = 150, records: int = 800, seed: int = 0, out: Path | None = None, made_up: float = 0.0,
+                **overrides: Any) -> dict:
     """Fit the inner and outer links of the real system on facts' train split; returns the summary.
 
     Always least-squares fits first, on ``ridge_records`` records: each agent's inner link (its state -> its own
@@ -45,6 +60,7 @@ def train_links(steps: int = 150, records: int = 800, seed: int = 0, out: Path |
     ``steps > 0`` then trains the outer links from that fit on rollout latents with the answerer's answer loss, at a
     low learning rate with a long warm-up (lr 1e-3 with 10 warm-up steps threw the fit away). The shipped links are
     the defaults, 150 steps (docs/real_models.md#how-the-links-were-made); ``steps=0`` keeps the fit alone.
+    ``made_up`` is the fraction of training problems whose values are made-up words (``training_records``).
     Writes the links to ``out`` (default: ``bundled/configs/real.links.safetensors``, shipped in float16).
     """
     from recursivemas.bundled import ship_links
@@ -59,7 +75,7 @@ def train_links(steps: int = 150, records: int = 800, seed: int = 0, out: Path |
                     checkpoint_every=10**6)
     settings.update(overrides)
     config = TrainConfig(**settings)
-    data = facts.generate("train", records, seed=seed)
+    data = training_records(records, seed, made_up)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         fit_on = data[: config.ridge_records]
@@ -215,8 +231,33 @@ def tune(n: int = 64, grid: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 4
             "best": {"rounds": best[0], "latent_steps": best[1]}}
 
 
+def unseen(n: int = 64, vocabularies: tuple[str, ...] = facts.VOCABULARIES, batch_size: int = 16, links: Path | None = None) -> dict:
+    """Latent (beside its shuffled channel test) and text MAS on the same ``n`` test problems, with the names and
+    values the links were trained on and with unseen ones (``facts.with_vocabulary``): does the channel carry the
+    passage's value, or a guess learned from the training vocabulary?"""
+    from dataclasses import asdict
+
+    from recursivemas.channel import paired_difference
+
+    system, base, rows = load(links=links), facts.generate("test", n), {}
+    lines = ["| vocabulary | RecursiveMAS | shuffled | channel gain [95% CI] | text MAS |", "|---|---|---|---|---|"]
+    for vocabulary in vocabularies:
+        records, correct = facts.with_vocabulary(base, vocabulary), {}
+        for arm, mode, probe in (("latent", "latent", "none"), ("shuffled", "latent", "shuffle"), ("text", "text", "none")):
+            results = system.run(records, mode=mode, probe=probe, batch_size=batch_size, progress=True)
+            correct[arm] = [facts.grade(r.text, rec) for r, rec in zip(results, records)]
+        gain = paired_difference(correct["latent"], correct["shuffled"])
+        rows[vocabulary] = {**{arm: 100 * sum(c) / n for arm, c in correct.items()}, "gain": asdict(gain)}
+        row = rows[vocabulary]
+        lines.append(f"| {vocabulary} | {row['latent']:.1f}% | {row['shuffled']:.1f}% | {gain} | {row['text']:.1f}% |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m recursivemas.real train|tune|demo``: how the shipped links and settings were made."""
+    """``python -m recursivemas.real train|tune|demo|unseen``: how the shipped links and settings were made, and how
+    far they carry."""
     import argparse
     import json
 
@@ -224,20 +265,25 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(prog="python -m recursivemas.real")
-    parser.add_argument("command", choices=("train", "tune", "demo"))
+    parser.add_argument("command", choices=("train", "tune", "demo", "unseen"))
     parser.add_argument("--steps", type=int, default=150, help="outer-loop steps after the least-squares fit (0: the fit alone)")
     parser.add_argument("--records", type=int, default=800)
     parser.add_argument("--lr", type=float, default=None, help="outer-loop learning rate (default: train_links's, 1e-4)")
     parser.add_argument("--warmup", type=int, default=None, help="outer-loop warm-up steps (default: min(30, steps // 5))")
     parser.add_argument("--out", type=Path, default=None, help="where train writes the links (default: the shipped file)")
-    parser.add_argument("-n", type=int, default=None, help="problems (tune: validation, default 64; demo: test, default 64)")
+    parser.add_argument("--made-up", type=float, default=0.0, help="train: fraction of problems with made-up values")
+    parser.add_argument("--links", type=Path, default=None, help="unseen: a links file to measure instead of the shipped one")
+    parser.add_argument("-n", type=int, default=None, help="problems (tune: validation, default 64; demo, unseen: test, default 64)")
     args = parser.parse_args(argv)
     if args.command == "train":
         given = {"lr": args.lr, "warmup_steps": args.warmup}  # unset flags keep train_links's defaults (one place)
-        summary = train_links(steps=args.steps, records=args.records, out=args.out, **{k: v for k, v in given.items() if v is not None})
+        summary = train_links(steps=args.steps, records=args.records, out=args.out, made_up=args.made_up,
+                              **{k: v for k, v in given.items() if v is not None})
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str))
     elif args.command == "tune":
         print(json.dumps(tune(n=args.n or 64), indent=1))
+    elif args.command == "unseen":
+        print(json.dumps(unseen(n=args.n or 64, links=args.links), indent=1))
     else:
         run_demo(limit=args.n or 64)
 
