@@ -77,3 +77,15 @@ def pytest_configure(config):
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # keep test logs readable
+
+
+def story_ask_config(tiny_agents: dict[str, str], expert_prompt: str = "Story: {story}\n<<FEEDBACK>>\nNotes:") -> dict:
+    """A distillation system whose inputs are fields: the expert reads {story}, the learner {ask}."""
+    return {
+        "pattern": "distillation",
+        "agents": {
+            "expert": {"model": tiny_agents["llama"], "prompt": expert_prompt},
+            "learner": {"model": tiny_agents["gpt2"], "prompt": "Asked: {ask}\n<<EXPERT>>\nAnswer:"},
+        },
+        "rounds": 2, "latent_steps": 2, "generation": {"max_new_tokens": 3, "handoff_max_new_tokens": 3},
+    }

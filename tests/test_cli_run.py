@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from recursivemas.cli import app
 
+from conftest import story_ask_config
+
 
 def write_system(tmp_path, config) -> str:
     config = {k: v for k, v in config.items() if k != "base_dir"}
@@ -57,15 +59,7 @@ def test_bad_system_file_is_a_message_not_a_traceback(tmp_path):
 
 def _fields_system(tiny_agents, tmp_path) -> str:
     """A distillation system whose expert reads {story} and whose learner reads {ask}: no agent reads {question}."""
-    config = {
-        "pattern": "distillation",
-        "name": "story-ask",
-        "agents": {
-            "expert": {"model": tiny_agents["llama"], "prompt": "Story: {story}\n<<FEEDBACK>>\nNotes:"},
-            "learner": {"model": tiny_agents["gpt2"], "prompt": "Asked: {ask}\n<<EXPERT>>\nAnswer:"},
-        },
-        "rounds": 2, "latent_steps": 2, "generation": {"max_new_tokens": 3, "handoff_max_new_tokens": 3},
-    }
+    config = {**story_ask_config(tiny_agents), "name": "story-ask"}
     return write_system(tmp_path, config)
 
 

@@ -13,6 +13,7 @@ from recursivemas.channel import channel_test, gold_texts, paired_difference
 from recursivemas.rounds import Mailbox, derangement, schedule
 from recursivemas.train import TrainConfig
 from recursivemas.train.outer import unroll
+from conftest import story_ask_config
 from tests.test_patterns import mixture_config
 
 QUESTIONS = ["What is 2 + 3?", "Tom has 4 apples and eats one.", "Is 9 odd?", "Name a colour."]
@@ -176,14 +177,7 @@ def test_paired_difference_separates_signal_from_noise():
 
 
 def test_inputs_with_fields_reach_only_the_agents_that_read_them(tiny_agents):
-    config = {
-        "pattern": "distillation",
-        "agents": {
-            "expert": {"model": tiny_agents["llama"], "prompt": "Story: {story}\n<<FEEDBACK>>\nNotes:"},
-            "learner": {"model": tiny_agents["gpt2"], "prompt": "Asked: {ask}\n<<EXPERT>>\nAnswer:"},
-        },
-        "rounds": 2, "latent_steps": 2, "generation": {"max_new_tokens": 3, "handoff_max_new_tokens": 3},
-    }
+    config = story_ask_config(tiny_agents)
     system = System.from_config(config)
     expert, learner = system.agents["expert"], system.agents["learner"]
     assert expert.fields == ["story"] and learner.fields == ["ask"]

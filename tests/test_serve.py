@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_sequential_config
+from conftest import make_sequential_config, story_ask_config
 from fastapi.testclient import TestClient
 
 import recursivemas
@@ -556,14 +556,7 @@ def test_a_template_token_that_strips_spaces_stays_a_token(tmp_path):
 def test_input_fields_beside_the_question(tiny_agents):
     """A system whose prompts read {story} and {ask}: the request sends them as 'fields'; the answers are
     System.run's on the same inputs, and a request without them is a 400 that names them."""
-    config = {
-        "pattern": "distillation",
-        "agents": {
-            "expert": {"model": tiny_agents["llama"], "prompt": "Story: {story}\nAsked: {question}\n<<FEEDBACK>>\nNotes:"},
-            "learner": {"model": tiny_agents["gpt2"], "prompt": "Asked: {ask}\n<<EXPERT>>\nAnswer:"},
-        },
-        "rounds": 2, "latent_steps": 2, "generation": {"max_new_tokens": 3, "handoff_max_new_tokens": 3},
-    }
+    config = story_ask_config(tiny_agents, "Story: {story}\nAsked: {question}\n<<FEEDBACK>>\nNotes:")
     system = System.from_config(config)
     client = TestClient(create_app(system, model_name=MODEL))
     card = client.get("/v1/models").json()["data"][0]["recursivemas"]
